@@ -1,0 +1,213 @@
+"""The configuration file: pydantic models, ``${ENV}`` substitution, ``--set`` overrides.
+
+Loading never touches media, models or networks; it only reads the YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Union, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from labelcast.errors import ConfigError
+from labelcast.pipeline.classifier import ModelConfig
+from labelcast.pipeline.postprocess import LabelsConfig
+from labelcast.sinks.log import LogSinkConfig
+from labelcast.sources.file import FileSourceConfig
+
+SourceConfig = Annotated[Union[FileSourceConfig], Field(discriminator="type")]  # noqa: UP007
+SinkConfig = Annotated[Union[LogSinkConfig], Field(discriminator="type")]  # noqa: UP007
+
+_ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAX_PROBLEMS = 5
+
+
+# The ``type`` tags of each tagged list, for error messages.
+def _tags(union: Any) -> tuple[str, ...]:
+    members = get_args(union)[0]
+    return tuple(m.model_fields["type"].default for m in (get_args(members) or (members,)))
+
+
+_TAGGED_LISTS: dict[str, tuple[str, ...]] = {
+    "sources": _tags(SourceConfig),
+    "sinks": _tags(SinkConfig),
+}
+_TAGS = {tag for tags in _TAGGED_LISTS.values() for tag in tags}
+
+
+class PipelineConfig(BaseModel):
+    """One pipeline: its sources, one classifier, the label rules and its sinks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="Pipeline name, used in event ids, topics and metrics.",
+        ),
+    ] = "labelcast"
+    model: Annotated[ModelConfig, Field(description="The image classifier.")] = ModelConfig()
+    sources: Annotated[
+        list[SourceConfig], Field(min_length=1, description="Video sources, each a stream.")
+    ]
+    labels: Annotated[LabelsConfig, Field(description="Which labels events carry.")] = (
+        LabelsConfig()
+    )
+    sinks: Annotated[
+        list[SinkConfig], Field(description="Where label events go (default: log to stdout).")
+    ] = [LogSinkConfig()]
+
+    @model_validator(mode="after")
+    def _unique_stream_ids(self) -> PipelineConfig:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.id in seen:
+                raise ValueError(
+                    f"sources: stream id {source.id!r} is used by more than one source"
+                )
+            seen.add(source.id)
+        return self
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read, substitute, override and validate a pipeline config file.
+
+    ``overrides`` are ``dotted.key=value`` strings (values parsed as YAML scalars);
+    list items are addressed by index or, for sources, by stream id. Raises
+    ConfigError with one message naming the file and the field.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
+    return parse_config(text, str(path), overrides)
+
+
+def parse_config(
+    text: str, origin: str = "<config>", overrides: list[str] | tuple[str, ...] = ()
+) -> PipelineConfig:
+    """Validate a config given as YAML text; ``origin`` names it in error messages."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = exc.problem or "invalid YAML"
+        if "could not determine a constructor" in str(exc):
+            problem = f"unsupported YAML tag ({exc.problem}); only plain YAML is accepted"
+        raise ConfigError(f"{origin}{where}: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: invalid YAML ({exc})") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of keys to values")
+    for override in overrides:
+        _apply_override(raw, override, origin)
+    raw = _substitute_env(raw, (), origin)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+
+
+def config_schema() -> dict[str, Any]:
+    """Return the JSON Schema of the config file."""
+    return PipelineConfig.model_json_schema()
+
+
+def _apply_override(raw: dict[str, Any], override: str, origin: str) -> None:
+    key, sep, value_text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: the value is not valid YAML ({exc})") from exc
+    parts = key.strip().split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            index = _list_index(node, part)
+            if index is None:
+                raise ConfigError(f"--set {key}: {where} names no item of the list")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is not a mapping or list")
+
+
+def _list_index(items: list[Any], part: str) -> int | None:
+    if part.isdigit():
+        return int(part) if int(part) < len(items) else None
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("id") == part:
+            return index
+    return None
+
+
+def _substitute_env(node: Any, where: tuple[str | int, ...], origin: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute_env(v, (*where, str(k)), origin) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_env(v, (*where, i), origin) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            field = ".".join(str(p) for p in where)
+            if not _ENV_NAME.match(name):
+                raise ConfigError(f"{origin}: {field}: ${{{name}}} is not a valid variable name")
+            if name not in os.environ:
+                raise ConfigError(f"{origin}: {field}: environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_REFERENCE.sub(replace, node)
+    return node
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    """Name each invalid field and say what is wrong, without echoing values (secrets)."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    problems = [_describe_one(error) for error in errors[:_MAX_PROBLEMS]]
+    if len(errors) > _MAX_PROBLEMS:
+        problems.append(f"... and {len(errors) - _MAX_PROBLEMS} more")
+    if len(problems) == 1:
+        return f"{origin}: {problems[0]}"
+    return f"{origin}: {len(errors)} problems:\n  " + "\n  ".join(problems)
+
+
+def _describe_one(error: Any) -> str:
+    loc = [str(p) for p in error["loc"]]
+    # Tagged unions add the tag ("file") after the list index; users never write it.
+    if len(loc) > 2 and loc[0] in _TAGGED_LISTS and loc[1].isdigit() and loc[2] in _TAGS:
+        del loc[2]
+    field = ".".join(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{field}: unknown key"
+    if kind == "missing":
+        return f"{field}: required key is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        expected = ", ".join(_TAGGED_LISTS.get(loc[0], ()))
+        return f"{'.'.join(loc[:2])}.type: unknown or missing type (expected one of: {expected})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{field}: {message}" if field else message

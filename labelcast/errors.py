@@ -1,0 +1,23 @@
+"""The named exceptions labelcast raises for problems a user can fix."""
+
+from __future__ import annotations
+
+
+class LabelcastError(Exception):
+    """Base class of every error labelcast reports as one clear message."""
+
+
+class ConfigError(LabelcastError):
+    """The configuration file (or a ``--set`` override) is invalid; the message names the field."""
+
+
+class SourceError(LabelcastError):
+    """A source cannot be opened or read (missing, garbage or damaged media, unreachable stream)."""
+
+
+class SinkError(LabelcastError):
+    """A sink cannot be opened or written to."""
+
+
+class ModelError(LabelcastError):
+    """The model cannot be loaded, or its checkpoint files are not usable."""

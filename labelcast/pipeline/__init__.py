@@ -1,0 +1,1 @@
+"""The pipeline stages: sampling, batching, classification, postprocessing, and the runner."""

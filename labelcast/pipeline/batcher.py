@@ -1,0 +1,133 @@
+"""Bounded per-stream frame queues and the micro-batcher that drains them fairly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from labelcast.pipeline.frames import Frame
+
+
+@dataclass(frozen=True)
+class QueuedFrame:
+    """A sampled frame taken from its stream's queue, with the drops that preceded it."""
+
+    frame: Frame
+    dropped: int
+
+
+@dataclass
+class _StreamQueue:
+    capacity: int
+    live: bool
+    frames: deque[Frame] = field(default_factory=deque)
+    closed: bool = False
+    dropped_pending: int = 0
+    dropped_total: int = 0
+
+
+class StreamQueues:
+    """One bounded queue per stream, all behind one lock so a batch can wait on any of them.
+
+    A live stream's full queue drops its oldest frame (a gateway wants the freshest
+    picture) and counts the drop; a file stream's full queue makes the producer wait.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queues: dict[str, _StreamQueue] = {}
+        self._order: list[str] = []
+        self._next = 0
+
+    def add_stream(self, stream: str, capacity: int, live: bool) -> None:
+        """Register a stream before its producer starts."""
+        with self._cond:
+            self._queues[stream] = _StreamQueue(capacity=capacity, live=live)
+            self._order.append(stream)
+
+    def put(self, frame: Frame, stop: threading.Event) -> bool:
+        """Enqueue a frame; return False if ``stop`` was set while waiting for room."""
+        with self._cond:
+            queue = self._queues[frame.stream]
+            if queue.live:
+                if len(queue.frames) >= queue.capacity:
+                    queue.frames.popleft()
+                    queue.dropped_pending += 1
+                    queue.dropped_total += 1
+            else:
+                while len(queue.frames) >= queue.capacity:
+                    if stop.is_set():
+                        return False
+                    self._cond.wait(0.1)
+            queue.frames.append(frame)
+            self._cond.notify_all()
+            return True
+
+    def close_stream(self, stream: str) -> None:
+        """Mark a stream as ended: its queued frames are still batched, then it is forgotten."""
+        with self._cond:
+            self._queues[stream].closed = True
+            self._cond.notify_all()
+
+    def depth(self, stream: str) -> int:
+        """Return how many frames of ``stream`` wait to be batched."""
+        with self._cond:
+            return len(self._queues[stream].frames)
+
+    def dropped(self, stream: str) -> int:
+        """Return how many frames of ``stream`` were dropped in all."""
+        with self._cond:
+            return self._queues[stream].dropped_total
+
+    def next_batch(self, max_size: int, max_wait_s: float) -> list[QueuedFrame] | None:
+        """Wait for frames and return up to ``max_size`` of them, round-robin across streams.
+
+        The batch is returned when it is full, ``max_wait_s`` after its first frame, or
+        when no open stream can add to it. Returns None once every stream has ended and
+        all their frames were handed out.
+        """
+        with self._cond:
+            while not self._has_frames():
+                if self._all_ended():
+                    return None
+                self._cond.wait(0.1)
+            deadline = time.monotonic() + max_wait_s
+            batch: list[QueuedFrame] = []
+            while True:
+                self._take_round_robin(batch, max_size)
+                remaining = deadline - time.monotonic()
+                if len(batch) >= max_size or remaining <= 0 or self._all_ended():
+                    break
+                self._cond.wait(remaining)
+            self._forget_ended()
+            self._cond.notify_all()
+            return batch
+
+    def _has_frames(self) -> bool:
+        return any(q.frames for q in self._queues.values())
+
+    def _all_ended(self) -> bool:
+        return all(q.closed for q in self._queues.values()) and not self._has_frames()
+
+    def _take_round_robin(self, batch: list[QueuedFrame], max_size: int) -> None:
+        taken = True
+        while taken and len(batch) < max_size:
+            taken = False
+            for _ in range(len(self._order)):
+                if len(batch) >= max_size:
+                    break
+                stream = self._order[self._next % len(self._order)]
+                self._next = (self._next + 1) % len(self._order)
+                queue = self._queues[stream]
+                if queue.frames:
+                    batch.append(QueuedFrame(queue.frames.popleft(), queue.dropped_pending))
+                    queue.dropped_pending = 0
+                    taken = True
+
+    def _forget_ended(self) -> None:
+        for stream in [s for s in self._order if self._queues[s].closed]:
+            if not self._queues[stream].frames:
+                self._order.remove(stream)
+                self._next = 0

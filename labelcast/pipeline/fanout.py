@@ -1,0 +1,84 @@
+"""Fan-out of label events to sinks: one bounded queue and one thread per sink."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+from labelcast.errors import SinkError
+from labelcast.pipeline.frames import Frame, LabelEvent
+from labelcast.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+_CLOSE = None
+
+
+@dataclass
+class SinkCounters:
+    """What happened to the events handed to one sink."""
+
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+class SinkWorker:
+    """Feeds one sink from a bounded queue on a thread of its own.
+
+    A lossless sink's full queue makes ``put`` wait; any other sink's full queue
+    drops the event, counts it and logs once per burst, so a slow sink never
+    stalls the classifier.
+    """
+
+    def __init__(self, sink: Sink, capacity: int = 256) -> None:
+        self.sink = sink
+        self.counters = SinkCounters()
+        self._queue: queue.Queue[tuple[LabelEvent, Frame] | None] = queue.Queue(capacity)
+        self._in_drop_burst = False
+        self._thread = threading.Thread(target=self._run, name=f"sink:{sink.name}", daemon=True)
+
+    def start(self) -> None:
+        """Start the sink's thread."""
+        self._thread.start()
+
+    def put(self, event: LabelEvent, frame: Frame) -> None:
+        """Hand an event to the sink (waits if the sink is lossless and behind)."""
+        if self.sink.lossless:
+            self._queue.put((event, frame))
+            return
+        try:
+            self._queue.put_nowait((event, frame))
+            self._in_drop_burst = False
+        except queue.Full:
+            self.counters.dropped += 1
+            if not self._in_drop_burst:
+                self._in_drop_burst = True
+                log.warning(
+                    "sink %s is behind; dropping events until it catches up", self.sink.name
+                )
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Deliver what is queued, close the sink; return False if that took over ``timeout``."""
+        self._queue.put(_CLOSE)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _CLOSE:
+            event, frame = item
+            try:
+                self.sink.send(event, frame)
+                self.counters.sent += 1
+            except SinkError as exc:
+                self.counters.failed += 1
+                log.error("%s", exc)
+            except Exception:
+                self.counters.failed += 1
+                log.exception("sink %s failed on event %s", self.sink.name, event.id)
+        try:
+            self.sink.close()
+        except Exception:
+            log.exception("sink %s failed to close", self.sink.name)

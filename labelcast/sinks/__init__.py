@@ -1,0 +1,1 @@
+"""Sink adapters: one module per sink kind."""

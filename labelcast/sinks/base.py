@@ -1,0 +1,27 @@
+"""The Sink protocol every sink adapter implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from labelcast.pipeline.frames import Frame, LabelEvent
+
+
+class Sink(Protocol):
+    """Receives label events on its own thread; ``send`` may block, ``close`` flushes.
+
+    ``lossless`` sinks get every event: when their queue is full the classifier
+    waits for them. Other sinks must never block for long (they keep their own
+    durable buffer) and their queue drops, counted, when full.
+    """
+
+    name: str
+    lossless: bool
+
+    def send(self, event: LabelEvent, frame: Frame) -> None:
+        """Deliver one event and the frame it was computed from; may raise SinkError."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release everything the sink holds."""
+        ...

@@ -1,0 +1,59 @@
+"""The log sink: label events as JSON Lines, to a file or stdout."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, TextIO
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from labelcast.errors import SinkError
+from labelcast.pipeline.frames import Frame, LabelEvent
+
+
+class LogSinkConfig(BaseModel):
+    """Write every label event as one JSON line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["log"] = "log"
+    path: Annotated[
+        str, Field(description='File to append JSON Lines to; "-" writes to stdout.')
+    ] = "-"
+
+
+class LogSink:
+    """Appends one JSON line per event; lossless (the pipeline waits for a slow writer)."""
+
+    lossless = True
+
+    def __init__(self, config: LogSinkConfig) -> None:
+        self.name = f"log:{config.path}"
+        self._owns_stream = config.path != "-"
+        self._stream: TextIO
+        if self._owns_stream:
+            path = Path(config.path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._stream = path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise SinkError(f"log sink: cannot open {config.path} for writing ({exc})") from exc
+        else:
+            self._stream = sys.stdout
+
+    def send(self, event: LabelEvent, frame: Frame) -> None:
+        """Write the event as one line and flush it, so a reader sees whole lines."""
+        try:
+            self._stream.write(event.to_json() + "\n")
+            self._stream.flush()
+        except (OSError, ValueError) as exc:
+            raise SinkError(f"{self.name}: write failed ({exc})") from exc
+
+    def close(self) -> None:
+        """Flush, and close the file if the sink opened one."""
+        try:
+            self._stream.flush()
+        finally:
+            if self._owns_stream:
+                self._stream.close()

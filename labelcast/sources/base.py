@@ -1,0 +1,60 @@
+"""The Source protocol every source adapter implements, and the fields all source configs share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Annotated, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from labelcast.pipeline.frames import Frame
+from labelcast.pipeline.sampler import SampleConfig
+
+
+class SourceConfigBase(BaseModel):
+    """Fields every source has: its stream id and its sampling rule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="Stream id, unique in the pipeline; used in event ids and MQTT topics.",
+        ),
+    ]
+    sample: Annotated[
+        SampleConfig,
+        Field(description="Which frames are classified (default: 2 per second of video time)."),
+    ] = SampleConfig()
+    queue_size: Annotated[
+        int,
+        Field(ge=1, le=1024, description="Sampled frames buffered before the classifier."),
+    ] = 8
+
+
+class Source(Protocol):
+    """A stream of sampled frames: a context manager (opening may raise SourceError).
+
+    ``frames()`` yields only the frames its sampler takes, so unsampled frames are
+    never colour-converted. A file source's iterator ends at the end of the file; a
+    live source's never ends on its own. ``live`` tells the runner whether frames may
+    be dropped (oldest first) when the classifier is behind.
+    """
+
+    stream_id: str
+    live: bool
+
+    def __enter__(self) -> Source: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield sampled frames until the source ends (files) or the caller stops iterating."""
+        ...

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what the test suite needs, then run linters, type checks and the tests.
+# This is the README's test command; .ci/run calls it. Extra arguments go to pytest
+# (e.g. `scripts/test.sh -m slow` for the long runs CI skips).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests use (real brokers, servers, browsers), installed when missing.
+need=()
+python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# constraints.txt pins torch to a release whose CPU build pip prefers when one is at hand.
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+
+.venv/bin/ruff check labelcast tests bench
+.venv/bin/ruff format --check labelcast tests bench
+.venv/bin/mypy labelcast
+exec .venv/bin/pytest "$@"

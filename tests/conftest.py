@@ -1,0 +1,90 @@
+"""Fixtures: a tiny BEiT checkpoint made with transformers, and H.264 clips of real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from media import make_clip
+
+# Nothing is downloaded at test time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+TINY_LABELS = [
+    "tabby, tabby cat",
+    "Egyptian cat",
+    "tiger cat",
+    "espresso",
+    "cup",
+    "coffee mug",
+    "space shuttle",
+    "missile",
+    "projectile, missile",
+    "mask",
+]
+
+PREPROCESSOR_CONFIG = {
+    "crop_size": 224,
+    "do_center_crop": False,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "BeitFeatureExtractor",
+    "image_processor_type": "BeitImageProcessor",
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "resample": 2,
+    "size": {"height": 224, "width": 224},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+}
+
+
+def make_tiny_beit(directory: Path, seed: int = 0) -> Path:
+    """Save a small randomly initialised BEiT classifier with the hub's preprocessing config."""
+    import torch
+    from transformers import BeitConfig, BeitForImageClassification
+
+    torch.manual_seed(seed)
+    config = BeitConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        use_mean_pooling=True,
+        id2label=dict(enumerate(TINY_LABELS)),
+        label2id={label: i for i, label in enumerate(TINY_LABELS)},
+    )
+    model = BeitForImageClassification(config).eval()
+    # Random heads give near-uniform scores; a larger head makes top labels differ by image.
+    with torch.no_grad():
+        model.classifier.weight.mul_(40)
+    model.save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_beit(tmp_path_factory.mktemp("tiny-beit"))
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 20 s clip at 30 fps, a short clip of another size, and a faststart mp4 to damage."""
+    folder = tmp_path_factory.mktemp("clips")
+    return {
+        "long": make_clip(folder / "long.mp4", seconds=20, fps=30),
+        "short": make_clip(
+            folder / "short.mp4", seconds=4, fps=25, size=(180, 320), photos=("coffee", "rocket")
+        ),
+        "faststart": make_clip(
+            folder / "faststart.mp4", seconds=6, fps=30, container_options={"movflags": "faststart"}
+        ),
+    }

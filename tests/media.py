@@ -1,0 +1,55 @@
+"""Test media made from the real photos scikit-image ships, encoded to H.264 with PyAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import numpy.typing as npt
+from skimage import data
+from skimage.transform import resize
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def photo(name: str, size: tuple[int, int] | None = None) -> npt.NDArray[np.uint8]:
+    """One of scikit-image's RGB photos as uint8, optionally resized to (height, width)."""
+    image = getattr(data, name)()
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    image = image[..., :3]
+    if size is not None:
+        image = (resize(image, size, anti_aliasing=True) * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+def make_clip(
+    path: Path,
+    *,
+    seconds: float,
+    fps: int = 30,
+    size: tuple[int, int] = (240, 320),
+    photos: tuple[str, ...] = PHOTOS,
+    container_options: dict[str, str] | None = None,
+) -> Path:
+    """Encode a slideshow of the photos (equal shares of the clip) as H.264 at ``fps``."""
+    height, width = size
+    frames = [photo(name, (height, width)) for name in photos]
+    count = round(seconds * fps)
+    with av.open(str(path), mode="w", options=container_options or {}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(fps)}
+        for index in range(count):
+            image = frames[min(index * len(frames) // count, len(frames) - 1)]
+            # A moving bar keeps frames distinct so the encoder can't collapse them.
+            image = image.copy()
+            bar = (index * 4) % width
+            image[:8, bar : bar + 8] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
