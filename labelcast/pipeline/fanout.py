@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 
 from labelcast.errors import SinkError
-from labelcast.pipeline.frames import Frame, LabelEvent
+from labelcast.pipeline.frames import Frame, LabelEvent, StreamStatus
 from labelcast.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ class SinkWorker:
     def __init__(self, sink: Sink, capacity: int = 256) -> None:
         self.sink = sink
         self.counters = SinkCounters()
-        self._queue: queue.Queue[tuple[LabelEvent, Frame] | None] = queue.Queue(capacity)
+        self._queue: queue.Queue[tuple[LabelEvent, Frame] | StreamStatus | None] = queue.Queue(
+            capacity
+        )
         self._in_drop_burst = False
         self._thread = threading.Thread(target=self._run, name=f"sink:{sink.name}", daemon=True)
 
@@ -60,6 +62,10 @@ class SinkWorker:
                     "sink %s is behind; dropping events until it catches up", self.sink.name
                 )
 
+    def put_status(self, status: StreamStatus) -> None:
+        """Hand a stream state change to the sink, in order with its events; never dropped."""
+        self._queue.put(status)
+
     def close(self, timeout: float | None = None) -> bool:
         """Deliver what is queued, close the sink; return False if that took over ``timeout``."""
         self._queue.put(_CLOSE)
@@ -68,16 +74,18 @@ class SinkWorker:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not _CLOSE:
-            event, frame = item
             try:
-                self.sink.send(event, frame)
-                self.counters.sent += 1
+                if isinstance(item, StreamStatus):
+                    self.sink.send_status(item)
+                else:
+                    self.sink.send(*item)
+                    self.counters.sent += 1
             except SinkError as exc:
                 self.counters.failed += 1
                 log.error("%s", exc)
             except Exception:
                 self.counters.failed += 1
-                log.exception("sink %s failed on event %s", self.sink.name, event.id)
+                log.exception("sink %s failed on %s", self.sink.name, item)
         try:
             self.sink.close()
         except Exception:

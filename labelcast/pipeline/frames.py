@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -92,6 +92,30 @@ class LabelEvent:
     def to_json(self) -> str:
         """Return the event as one compact JSON line (without the newline)."""
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+StreamState = Literal["online", "reconnecting", "offline"]
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """A change of a stream's state: ``online``, ``reconnecting`` or ``offline``, with a reason."""
+
+    pipeline: str
+    stream: str
+    state: StreamState
+    reason: str | None
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the status as a JSON object (secrets already masked in ``reason``)."""
+        return {
+            "pipeline": self.pipeline,
+            "stream": self.stream,
+            "state": self.state,
+            "reason": self.reason,
+            "at": format_timestamp(self.at),
+        }
 
 
 def format_timestamp(unix_seconds: float) -> str:

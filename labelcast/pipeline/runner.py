@@ -15,7 +15,7 @@ from labelcast.errors import LabelcastError, SourceError
 from labelcast.pipeline.batcher import QueuedFrame, StreamQueues
 from labelcast.pipeline.classifier import Classifier
 from labelcast.pipeline.fanout import SinkWorker
-from labelcast.pipeline.frames import Label, LabelEvent, ModelInfo
+from labelcast.pipeline.frames import Label, LabelEvent, ModelInfo, StreamState, StreamStatus
 from labelcast.pipeline.postprocess import Postprocess
 from labelcast.sinks.base import Sink
 from labelcast.sinks.callback import CallbackSink
@@ -40,6 +40,7 @@ class StreamStats:
     total_frames: int | None = None
     ended: bool = False
     failed: str | None = None
+    state: StreamState | None = None
 
 
 class Pipeline:
@@ -156,8 +157,14 @@ class Pipeline:
     def _source_loop(self, config: SourceConfig) -> None:
         stream = config.id
         stats = self.stats[stream]
+        end_reason = "ended"
+
+        def on_status(state: StreamState, reason: str | None = None) -> None:
+            self._set_status(stream, state, reason)
+
         try:
-            with SOURCE_CLASSES[config.type](config) as source:
+            with SOURCE_CLASSES[config.type](config, on_status=on_status) as source:
+                self._set_status(stream, "online", None)
                 stats.total_frames = getattr(source, "frame_count_hint", None)
                 frames = source.frames()
                 with contextlib.closing(frames):  # type: ignore[type-var]
@@ -166,15 +173,31 @@ class Pipeline:
                         if self._stop.is_set() or not self._queues.put(frame, self._stop):
                             break
                 stats.decoded = getattr(source, "frames_decoded", stats.decoded)
+            if self._stop.is_set():
+                end_reason = "stopped"
         except SourceError as exc:
-            stats.failed = str(exc)
+            stats.failed = end_reason = str(exc)
             log.error("%s", exc)
         except Exception as exc:
-            stats.failed = f"stream {stream!r}: unexpected error: {exc!r}"
+            stats.failed = end_reason = f"stream {stream!r}: unexpected error: {exc!r}"
             log.exception("stream %r failed", stream)
         finally:
             stats.ended = True
             self._queues.close_stream(stream)
+            self._set_status(stream, "offline", end_reason)
+
+    def _set_status(self, stream: str, state: StreamState, reason: str | None) -> None:
+        stats = self.stats[stream]
+        if stats.state == state and state != "reconnecting":
+            return
+        stats.state = state
+        if state == "online":
+            log.info("stream %s: online", stream)
+        else:
+            log.info("stream %s: %s (%s)", stream, state, reason)
+        status = StreamStatus(self.config.name, stream, state, reason, time.time())
+        for worker in self._sink_workers:
+            worker.put_status(status)
 
     def _classify_loop(self, classifier: Classifier) -> None:
         config = self.config

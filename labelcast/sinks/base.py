@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from labelcast.pipeline.frames import Frame, LabelEvent
+from labelcast.pipeline.frames import Frame, LabelEvent, StreamStatus
 
 
 class Sink(Protocol):
@@ -20,6 +20,10 @@ class Sink(Protocol):
 
     def send(self, event: LabelEvent, frame: Frame) -> None:
         """Deliver one event and the frame it was computed from; may raise SinkError."""
+        ...
+
+    def send_status(self, status: StreamStatus) -> None:
+        """Deliver a change of a stream's state (sinks without a status channel ignore it)."""
         ...
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from labelcast.pipeline.frames import Frame, LabelEvent
+from labelcast.pipeline.frames import Frame, LabelEvent, StreamStatus
 
 
 class CallbackSink:
@@ -19,6 +19,9 @@ class CallbackSink:
     def send(self, event: LabelEvent, frame: Frame) -> None:
         """Call the callback with the event."""
         self._callback(event)
+
+    def send_status(self, status: StreamStatus) -> None:
+        """Stream states are not label events: this sink ignores them."""
 
     def close(self) -> None:
         """Nothing to release."""

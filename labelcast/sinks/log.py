@@ -9,7 +9,7 @@ from typing import Annotated, Literal, TextIO
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelcast.errors import SinkError
-from labelcast.pipeline.frames import Frame, LabelEvent
+from labelcast.pipeline.frames import Frame, LabelEvent, StreamStatus
 
 
 class LogSinkConfig(BaseModel):
@@ -49,6 +49,9 @@ class LogSink:
             self._stream.flush()
         except (OSError, ValueError) as exc:
             raise SinkError(f"{self.name}: write failed ({exc})") from exc
+
+    def send_status(self, status: StreamStatus) -> None:
+        """Stream states are not label events: this sink ignores them."""
 
     def close(self) -> None:
         """Flush, and close the file if the sink opened one."""

@@ -37,6 +37,9 @@ class SourceConfigBase(BaseModel):
 class Source(Protocol):
     """A stream of sampled frames: a context manager (opening may raise SourceError).
 
+    Constructed as ``cls(config, on_status=callback)``; a live source calls
+    ``on_status(state, reason)`` when it starts reconnecting or comes back (the runner
+    itself reports ``online`` after opening and ``offline`` at the end).
     ``frames()`` yields only the frames its sampler takes, so unsampled frames are
     never colour-converted. A file source's iterator ends at the end of the file; a
     live source's never ends on its own. ``live`` tells the runner whether frames may

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Literal
@@ -18,7 +18,7 @@ import numpy.typing as npt
 from pydantic import Field
 
 from labelcast.errors import SourceError
-from labelcast.pipeline.frames import Frame
+from labelcast.pipeline.frames import Frame, StreamState
 from labelcast.pipeline.sampler import Sampler
 from labelcast.sources.base import SourceConfigBase
 
@@ -41,7 +41,14 @@ class FileSource:
 
     live = False
 
-    def __init__(self, config: FileSourceConfig) -> None:
+    def __init__(
+        self,
+        config: FileSourceConfig,
+        on_status: Callable[[StreamState, str | None], None] | None = None,
+    ) -> None:
+        # A file is online while open and offline once read: the runner reports both,
+        # so ``on_status`` (for states in between, like reconnecting) goes unused here.
+        del on_status
         self.stream_id = config.id
         self._path = Path(config.path)
         self._sampler = Sampler(config.sample)
