@@ -105,6 +105,11 @@ class Classifier:
         precision = resolve_precision(config.precision, device)
         is_local = os.path.isdir(config.id)
         revision = None if is_local else config.revision
+        if is_local and not os.path.isfile(os.path.join(config.id, "config.json")):
+            raise ModelError(
+                f"model directory {config.id!r} has no config.json "
+                "(it is not a Hugging Face checkpoint directory)"
+            )
         # Imported here: importing transformers costs seconds that `labelcast schema` needn't pay.
         from transformers import AutoModelForImageClassification
         from transformers.utils import cached_file  # type: ignore[attr-defined]

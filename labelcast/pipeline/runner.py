@@ -43,6 +43,16 @@ class StreamStats:
     state: StreamState | None = None
 
 
+@dataclass
+class BatchStats:
+    """How the classifier's micro-batches were filled."""
+
+    batches: int = 0
+    frames: int = 0
+    largest: int = 0
+    multi_stream: int = 0  # batches that held frames of more than one stream
+
+
 class Pipeline:
     """Runs one configured pipeline: start it, wait for it, stop it, or iterate its events.
 
@@ -59,6 +69,7 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.stats = {source.id: StreamStats(source.id) for source in config.sources}
+        self.batch_stats = BatchStats()
         self.classifier = classifier
         self._on_event = on_event
         self._stop = threading.Event()
@@ -112,6 +123,8 @@ class Pipeline:
         Re-raises an unexpected error of the classifier thread.
         """
         finished = self._done.wait(timeout)
+        if finished and self._classifier_thread is not None:
+            self._classifier_thread.join()
         if finished and self._error is not None:
             raise self._error
         return finished
@@ -208,6 +221,7 @@ class Pipeline:
         seqs = dict.fromkeys(self.stats, 0)
         try:
             while batch := self._queues.next_batch(config.model.batch.max_size, max_wait_s):
+                self._count_batch(batch)
                 probs = classifier.classify([item.frame.image for item in batch])
                 for item, labels in zip(batch, postprocess.labels(probs), strict=True):
                     seqs[item.frame.stream] += 1
@@ -225,6 +239,14 @@ class Pipeline:
             for worker in self._sink_workers:
                 worker.close()
             self._done.set()
+
+    def _count_batch(self, batch: list[QueuedFrame]) -> None:
+        stats = self.batch_stats
+        stats.batches += 1
+        stats.frames += len(batch)
+        stats.largest = max(stats.largest, len(batch))
+        if len({item.frame.stream for item in batch}) > 1:
+            stats.multi_stream += 1
 
     def _publish(
         self, item: QueuedFrame, labels: tuple[Label, ...], seq: int, model_info: ModelInfo
