@@ -72,7 +72,7 @@ def test_unset_variable_error_is_raised_and_a_set_one_is_substituted(tmp_path, t
     from labelcast import ConfigError, parse_config
 
     text = "sources: [{id: a, type: file, path: '${LABELCAST_CLIP}/a.mp4'}]"
-    with pytest.raises(ConfigError, match="sources.0.path: environment variable LABELCAST_CLIP"):
+    with pytest.raises(ConfigError, match=r"sources\.0\.path: environment variable LABELCAST_CLIP"):
         parse_config(text)
     config = parse_config(text.replace("${LABELCAST_CLIP}", "${HOME}"))
     assert config.sources[0].path.endswith("/a.mp4") and "${" not in config.sources[0].path
@@ -92,9 +92,9 @@ def test_set_overrides_keys_by_dotted_path_and_stream_id():
     )
     assert config.sources[1].sample.every == 3 and config.sources[1].sample.fps is None
     assert config.model.batch.max_size == 4 and config.sources[0].path == "c.mp4"
-    with pytest.raises(ConfigError, match="sources.hall names no item"):
+    with pytest.raises(ConfigError, match=r"sources\.hall names no item"):
         parse_config(text, overrides=["sources.hall.path=x"])
-    with pytest.raises(ConfigError, match="model.batch.max_size"):
+    with pytest.raises(ConfigError, match=r"model\.batch\.max_size"):
         parse_config(text, overrides=["model.batch.max_size=big"])
 
 

@@ -47,7 +47,7 @@ def test_run_exits_zero_and_sampling_gives_the_promised_counts(two_stream_run):
     result = two_stream_run["result"]
     assert result.returncode == 0, result.stderr
     streams = by_stream(two_stream_run["events"])
-    # 20 s × 2 fps = 40; 100 frames / every 5 = 20
+    # 20 s x 2 fps = 40; 100 frames / every 5 = 20
     assert len(streams["door"]) == 40
     assert len(streams["lobby"]) == 20
 

@@ -1,12 +1,28 @@
 """Image preprocessing in torch, on the model's device, from RGB ``uint8`` frames.
 
-It follows the checkpoint's ``preprocessor_config.json`` (resize, resample mode,
-rescale, center crop, mean/std) the way transformers' PIL image processors do, but
-batched: frames of one size are resized in a single ``interpolate`` call.
+It follows the checkpoint's ``preprocessor_config.json`` (resize, resample mode, rescale,
+center crop, mean/std) the way transformers' PIL image processors do, but batched: frames
+of one size go through every step together.
+
+Resizing reproduces Pillow's ``Image.resize`` of a ``uint8`` image, which is what those
+processors call:
+
+- bilinear and bicubic are separable: one pass per axis with Pillow's kernels, widened by
+  the downscale factor to antialias (``F.interpolate(..., antialias=True)`` uses the same
+  kernels; its bicubic has a = -0.5 like Pillow's). Pillow stores each pass as ``uint8``
+  (rounded half up, clipped), and so do we. Pillow (13) runs the horizontal pass first
+  unless the height shrinks by more than twice as many pixels as the width
+  (python-pillow/Pillow#9549); we follow the same rule.
+- nearest takes the source pixel at ``floor(0.5 * s + i * s)``, ``s = in / out``,
+  accumulated in float64 as Pillow does.
+
+What remains are last-bit differences of float32 against Pillow's fixed point: a few
+pixels one ``uint8`` level apart (``tests/test_preprocess.py`` measures them).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +34,24 @@ import torch.nn.functional as F
 
 from labelcast.errors import ModelError
 
-# PIL's resample codes, as stored in preprocessor_config.json, and the torch mode that
-# reproduces each (antialiased like PIL when downscaling).
-_RESAMPLE_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
+# PIL's resample codes as stored in preprocessor_config.json: the ones we reproduce, and
+# names for the others (for error messages).
+_RESAMPLE_MODES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+_PIL_FILTERS = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
+
+# transformers image processors whose integer ``size`` means the shortest edge (their
+# ``default_to_square`` is False); for the others an integer ``size`` is a square.
+_SHORTEST_EDGE_FAMILIES = frozenset(
+    {"Bit", "CLIP", "Chameleon", "ChineseCLIP", "ConvNext", "Llava", "MobileNetV1", "MobileNetV2"}
+)
+# Image processors with steps of their own that this module does not reproduce.
+_UNSUPPORTED_FAMILIES = {
+    "EfficientNet": "its rescale offset",
+    "Levit": "its resize rule (shortest edge * 256 / 224)",
+    "MobileViT": "its RGB to BGR channel flip",
+    "Perceiver": "its crop rule",
+    "PoolFormer": "its crop_pct resize rule",
+}
 
 
 @dataclass(frozen=True)
@@ -29,8 +60,8 @@ class Preprocessor:
 
     resize_to: tuple[int, int] | None  # (height, width); None with shortest_edge
     shortest_edge: int | None
-    crop_to: tuple[int, int] | None
-    mode: str
+    crops: tuple[tuple[int, int], ...]  # center crops (height, width), in order
+    resample: int  # PIL code, a key of _RESAMPLE_MODES
     rescale_factor: float | None
     mean: tuple[float, float, float] | None
     std: tuple[float, float, float] | None
@@ -38,21 +69,38 @@ class Preprocessor:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], source: str) -> Preprocessor:
         """Build from a ``preprocessor_config.json`` dict; ``source`` names it in errors."""
+        family = _family(config)
+        if family in _UNSUPPORTED_FAMILIES:
+            raise ModelError(
+                f"{source}: {family} image preprocessing is not supported "
+                f"({_UNSUPPORTED_FAMILIES[family]})"
+            )
         try:
             resize_to, shortest_edge = None, None
+            crops: list[tuple[int, int]] = []
             if config.get("do_resize", True):
-                resize_to, shortest_edge = _size(config["size"])
-            crop_to = None
+                resize_to, shortest_edge = _size(
+                    config["size"], square=family not in _SHORTEST_EDGE_FAMILIES
+                )
+                if family == "ConvNext":
+                    # transformers' ConvNextImageProcessor: below 384, resize the shortest
+                    # edge to size / crop_pct and crop a size x size square; else warp.
+                    if shortest_edge is None:
+                        raise ValueError(f"ConvNeXt size {config['size']!r} has no shortest_edge")
+                    if shortest_edge < 384:
+                        crops.append((shortest_edge, shortest_edge))
+                        shortest_edge = int(shortest_edge / float(config.get("crop_pct", 0.875)))
+                    else:
+                        resize_to, shortest_edge = (shortest_edge, shortest_edge), None
             if config.get("do_center_crop", False):
-                crop_to, crop_edge = _size(config["crop_size"])
-                if crop_to is None:
-                    assert crop_edge is not None
-                    crop_to = (crop_edge, crop_edge)
+                crop_to, crop_edge = _size(config["crop_size"], square=True)
+                crops.append(crop_to or (crop_edge or 0, crop_edge or 0))
             resample = int(config.get("resample", 2))
             if resample not in _RESAMPLE_MODES:
+                name = _PIL_FILTERS.get(resample, "unknown")
                 raise ModelError(
-                    f"{source}: resample {resample} is not supported "
-                    f"(supported: {sorted(_RESAMPLE_MODES)}: nearest, bilinear, bicubic)"
+                    f"{source}: resample {resample} ({name}) is not supported; "
+                    f"supported: 0 (NEAREST), 2 (BILINEAR), 3 (BICUBIC)"
                 )
             rescale = (
                 float(config.get("rescale_factor", 1 / 255))
@@ -63,9 +111,11 @@ class Preprocessor:
             if config.get("do_normalize", True):
                 mean = _triple(config["image_mean"])
                 std = _triple(config["image_std"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{source}: unusable preprocessing settings ({exc!r})") from exc
-        return cls(resize_to, shortest_edge, crop_to, _RESAMPLE_MODES[resample], rescale, mean, std)
+        except KeyError as exc:
+            raise ModelError(f"{source}: {exc.args[0]!r} is missing") from exc
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{source}: unusable preprocessing settings ({exc})") from exc
+        return cls(resize_to, shortest_edge, tuple(crops), resample, rescale, mean, std)
 
     def __call__(
         self,
@@ -91,20 +141,12 @@ class Preprocessor:
 
     def _transform(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.permute(0, 3, 1, 2).float()
-        target = self._target_size(x.shape[2], x.shape[3])
-        if target is not None and target != (x.shape[2], x.shape[3]):
-            antialias = self.mode != "nearest-exact"
-            x = F.interpolate(
-                x,
-                size=target,
-                mode=self.mode,
-                antialias=antialias,
-                **({} if self.mode == "nearest-exact" else {"align_corners": False}),
-            )
-            # PIL resizes uint8 images to uint8; rounding here keeps us within a level of it.
-            x = x.round_().clamp_(0, 255)
-        if self.crop_to is not None:
-            x = _center_crop(x, self.crop_to)
+        height, width = x.shape[2], x.shape[3]
+        target = self._target_size(height, width)
+        if target is not None and target != (height, width):
+            x = _resize(x, target, self.resample)
+        for crop in self.crops:
+            x = _center_crop(x, crop)
         if self.rescale_factor is not None:
             x = x * self.rescale_factor
         if self.mean is not None and self.std is not None:
@@ -117,6 +159,7 @@ class Preprocessor:
         if self.resize_to is not None:
             return self.resize_to
         if self.shortest_edge is not None:
+            # As transformers' get_resize_output_image_size (truncating, not rounding).
             short, long = (height, width) if height <= width else (width, height)
             scaled_long = int(self.shortest_edge * long / short)
             if height <= width:
@@ -125,13 +168,60 @@ class Preprocessor:
         return None
 
 
-def _size(value: Any) -> tuple[tuple[int, int] | None, int | None]:
-    if isinstance(value, int):
-        return (value, value), None
-    if "height" in value and "width" in value:
-        return (int(value["height"]), int(value["width"])), None
-    if "shortest_edge" in value:
-        return None, int(value["shortest_edge"])
+def _resize(x: torch.Tensor, size: tuple[int, int], resample: int) -> torch.Tensor:
+    """Resize float (N, C, H, W) pixel values in [0, 255] as Pillow resizes ``uint8`` images."""
+    height, width = x.shape[2], x.shape[3]
+    new_height, new_width = size
+    if resample == 0:
+        rows = _nearest_sources(height, new_height)
+        columns = _nearest_sources(width, new_width)
+        return x[:, :, torch.from_numpy(rows).to(x.device)][
+            :, :, :, torch.from_numpy(columns).to(x.device)
+        ]
+    mode = _RESAMPLE_MODES[resample]
+    if new_height < height and height - new_height > 2 * (width - new_width):
+        passes = ((new_height, width), (new_height, new_width))
+    else:
+        passes = ((height, new_width), (new_height, new_width))
+    for step in passes:
+        if step != (x.shape[2], x.shape[3]):
+            x = F.interpolate(x, size=step, mode=mode, antialias=True, align_corners=False)
+            x = x.add_(0.5).floor_().clamp_(0, 255)
+    return x
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_sources(size_in: int, size_out: int) -> npt.NDArray[np.int64]:
+    """Source index of each output pixel, as Pillow's nearest-neighbour scaling picks it."""
+    scale = size_in / size_out
+    steps = np.full(size_out, scale)
+    steps[0] = scale * 0.5
+    sources: npt.NDArray[np.int64] = np.minimum(np.floor(np.cumsum(steps)), size_in - 1).astype(
+        np.int64
+    )
+    return sources
+
+
+def _family(config: Mapping[str, Any]) -> str:
+    """``ConvNext`` for ``ConvNextImageProcessor(Fast)`` or ``ConvNextFeatureExtractor``."""
+    name = str(config.get("image_processor_type") or config.get("feature_extractor_type") or "")
+    for suffix in ("Fast", "Pil", "ImageProcessor", "FeatureExtractor"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _size(value: Any, *, square: bool) -> tuple[tuple[int, int] | None, int | None]:
+    """``((height, width), None)`` or ``(None, shortest_edge)`` from a config ``size``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ((value, value), None) if square else (None, value)
+    if isinstance(value, list) and len(value) == 2:
+        return (int(value[0]), int(value[1])), None
+    if isinstance(value, dict):
+        keys = {key for key, item in value.items() if item is not None}
+        if keys == {"height", "width"}:
+            return (int(value["height"]), int(value["width"])), None
+        if keys == {"shortest_edge"}:
+            return None, int(value["shortest_edge"])
     raise ValueError(f"size {value!r} is not height/width, shortest_edge or an integer")
 
 
@@ -143,11 +233,12 @@ def _triple(value: Any) -> tuple[float, float, float]:
 
 
 def _center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Center crop as transformers does, padding with zeros (more at the top/left) if small."""
     height, width = x.shape[2], x.shape[3]
     crop_h, crop_w = size
     if crop_h > height or crop_w > width:
         pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
-        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        x = F.pad(x, (pad_w - pad_w // 2, pad_w // 2, pad_h - pad_h // 2, pad_h // 2))
         height, width = x.shape[2], x.shape[3]
     top = (height - crop_h) // 2
     left = (width - crop_w) // 2
