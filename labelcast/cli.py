@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.set)
         if args.command == "check":
             return _check(config)
-        return _run(config, progress=not args.no_progress)
+        interval = None if args.no_progress else args.progress_interval
+        return _run(config, progress_interval=interval)
     except (ConfigError, ModelError) as exc:
         log.error("%s", exc)
         return EXIT_BAD_INPUT
@@ -77,11 +78,18 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--no-progress", action="store_true", help="no progress bars or progress log lines"
             )
+            command.add_argument(
+                "--progress-interval",
+                type=float,
+                default=10.0,
+                metavar="SECONDS",
+                help="seconds between progress log lines when stderr is not a terminal",
+            )
     commands.add_parser("schema", help="print the JSON Schema of the config file")
     return parser
 
 
-def _run(config: PipelineConfig, *, progress: bool) -> int:
+def _run(config: PipelineConfig, *, progress_interval: float | None) -> int:
     from labelcast.pipeline.runner import Pipeline
     from labelcast.progress import Progress
 
@@ -102,9 +110,9 @@ def _run(config: PipelineConfig, *, progress: bool) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     pipeline.start()
-    bars = sys.stderr.isatty()
-    if progress:
-        with Progress(pipeline.stats, bars=bars):
+    if progress_interval is not None:
+        bars = sys.stderr.isatty()
+        with Progress(pipeline.stats, bars=bars, log_every_s=progress_interval):
             while not pipeline.wait(0.2):
                 pass
     else:
@@ -189,5 +197,6 @@ def _setup_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The hub client logs every retry; labelcast reports the outcome once.
     for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)

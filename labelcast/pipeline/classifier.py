@@ -117,6 +117,8 @@ class Classifier:
 
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
+        where = "" if is_local else f" (revision {revision or 'main'})"
+        log.info("loading model %s%s", config.id, where)
         try:
             model = AutoModelForImageClassification.from_pretrained(
                 config.id, revision=revision, dtype=torch.float32
