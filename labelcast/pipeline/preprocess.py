@@ -93,8 +93,7 @@ class Preprocessor:
                     else:
                         resize_to, shortest_edge = (shortest_edge, shortest_edge), None
             if config.get("do_center_crop", False):
-                crop_to, crop_edge = _size(config["crop_size"], square=True)
-                crops.append(crop_to or (crop_edge or 0, crop_edge or 0))
+                crops.append(_crop_size(config["crop_size"]))
             resample = int(config.get("resample", 2))
             if resample not in _RESAMPLE_MODES:
                 name = _PIL_FILTERS.get(resample, "unknown")
@@ -223,6 +222,15 @@ def _size(value: Any, *, square: bool) -> tuple[tuple[int, int] | None, int | No
         if keys == {"shortest_edge"}:
             return None, int(value["shortest_edge"])
     raise ValueError(f"size {value!r} is not height/width, shortest_edge or an integer")
+
+
+def _crop_size(value: Any) -> tuple[int, int]:
+    """(height, width) of a config ``crop_size``; an integer or a shortest_edge is a square."""
+    crop_to, crop_edge = _size(value, square=True)
+    if crop_to is not None:
+        return crop_to
+    assert crop_edge is not None
+    return (crop_edge, crop_edge)
 
 
 def _triple(value: Any) -> tuple[float, float, float]:
