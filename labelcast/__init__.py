@@ -11,14 +11,16 @@ The public API for embedding::
 
 from labelcast.config import PipelineConfig, load_config, parse_config
 from labelcast.errors import ConfigError, LabelcastError, ModelError, SinkError, SourceError
-from labelcast.pipeline.frames import Frame, Label, LabelEvent
+from labelcast.pipeline.frames import ChangeEvent, Frame, Label, LabelEvent, LabelState
 from labelcast.pipeline.runner import Pipeline
 
 __all__ = [
+    "ChangeEvent",
     "ConfigError",
     "Frame",
     "Label",
     "LabelEvent",
+    "LabelState",
     "LabelcastError",
     "ModelError",
     "Pipeline",

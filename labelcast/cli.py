@@ -1,4 +1,4 @@
-"""The ``labelcast`` command: run, check and schema."""
+"""The ``labelcast`` command: run, check, reload, schema, model-info, verify, listen."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from labelcast.config import PipelineConfig, config_schema, load_config
 from labelcast.errors import ConfigError, LabelcastError, ModelError, SinkError, SourceError
+from labelcast.logs import apply_log_config, setup_logging
 
 log = logging.getLogger("labelcast")
 
@@ -26,16 +26,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``labelcast`` command; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level or "INFO", args.log_format or "text")
     try:
         if args.command == "schema":
             print(json.dumps(config_schema(), indent=2))
             return EXIT_OK
+        if args.command == "model-info":
+            return _model_info(args.model, args.revision, as_json=args.json)
         config = load_config(args.config, args.set)
         if args.command == "check":
             return _check(config)
-        interval = None if args.no_progress else args.progress_interval
-        return _run(config, progress_interval=interval)
+        if args.command == "verify":
+            return _verify(config, args)
+        if args.command == "listen":
+            return _listen(config, args)
+        if args.command == "reload":
+            return _reload(config)
+        apply_log_config(config.log, config.name, level=args.log_level, log_format=args.log_format)
+        return _run(config, args)
     except (ConfigError, ModelError) as exc:
         log.error("%s", exc)
         return EXIT_BAD_INPUT
@@ -50,20 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="default: INFO",
+        help="default: the config's log.level, else INFO",
     )
     parser.add_argument(
         "--log-format",
-        default="text",
         choices=["text", "json"],
-        help="text (default) or one JSON object per line on stderr",
+        help="text or one JSON object per line on stderr (default: the config's log.format)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("run", "run a pipeline until its files end or a signal stops it"),
         ("check", "validate a config: keys, media, model, sinks"),
+        ("reload", "make the running labelcast of this config re-read it (via server.bind)"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("config", type=Path, help="pipeline YAML file")
@@ -85,61 +92,90 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="SECONDS",
                 help="seconds between progress log lines when stderr is not a terminal",
             )
+    text = "print the label events a running pipeline publishes to its MQTT broker"
+    listen = commands.add_parser("listen", help=text, description=text)
+    listen.add_argument("config", type=Path, help="pipeline YAML file (its mqtt sink's settings)")
+    listen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    listen.add_argument("--sink", type=int, metavar="INDEX", help="which sink (default: 1st mqtt)")
+    listen.add_argument(
+        "--all", action="store_true", help="every topic of the pipeline, as 'topic payload' lines"
+    )
+    listen.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    listen.add_argument("--timeout", type=float, metavar="SECONDS", help="exit after SECONDS")
     commands.add_parser("schema", help="print the JSON Schema of the config file")
+    text = "describe a checkpoint: revision, files and SHA-256, license, labels, preprocessing"
+    info = commands.add_parser("model-info", help=text, description=text)
+    info.add_argument("model", help="hub id or local checkpoint directory")
+    info.add_argument("--revision", help="hub revision (branch, tag or commit sha)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    text = "check the configured model on your images: agreement with fp32, accuracy"
+    verify = commands.add_parser("verify", help=text, description=text)
+    verify.add_argument("config", type=Path, help="pipeline YAML file (its model settings)")
+    verify.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    verify.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="images; DIR/<label>/*.jpg makes a labelled set",
+    )
+    verify.add_argument(
+        "--expect-top1",
+        type=float,
+        metavar="PCT",
+        help="reference top-1 accuracy in percent (e.g. 85.2)",
+    )
+    verify.add_argument(
+        "--tolerance",
+        type=float,
+        default=2.0,
+        metavar="POINTS",
+        help="allowed |top-1 - expected| in percentage points (default 2)",
+    )
+    verify.add_argument(
+        "--min-agreement",
+        type=float,
+        metavar="PCT",
+        help="fail if top-1 agreement with fp32 is below PCT",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
-def _run(config: PipelineConfig, *, progress_interval: float | None) -> int:
-    from labelcast.pipeline.runner import Pipeline
-    from labelcast.progress import Progress
+def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from labelcast.daemon import Daemon
 
-    pipeline = Pipeline(config)
-    signals_seen: list[int] = []
+    interval = None if args.no_progress else args.progress_interval
+    return Daemon(args.config, args.set, config, progress_interval=interval).run()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if signals_seen:
-            os._exit(128 + signum)
-        signals_seen.append(signum)
-        log.info(
-            "%s received: stopping (classifying queued frames, flushing sinks); "
-            "signal again to exit at once",
-            signal.Signals(signum).name,
-        )
-        pipeline.stop()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    pipeline.start()
-    if progress_interval is not None:
-        bars = sys.stderr.isatty()
-        with Progress(pipeline.stats, bars=bars, log_every_s=progress_interval):
-            while not pipeline.wait(0.2):
-                pass
-    else:
-        while not pipeline.wait(0.2):
-            pass
-    for stats in pipeline.stats.values():
-        log.info(
-            "stream %s: %d frames decoded, %d classified, %d dropped%s",
-            stats.stream,
-            stats.decoded,
-            stats.classified,
-            stats.dropped,
-            " (FAILED)" if stats.failed else "",
+def _reload(config: PipelineConfig) -> int:
+    import urllib.error
+    import urllib.request
+
+    if config.server is None:
+        raise ConfigError(
+            "reload asks the running labelcast over its local endpoint, and this config has "
+            "no server.bind; send SIGHUP instead (kill -HUP <pid>, or systemctl reload labelcast)"
         )
-    if pipeline.failed_streams:
-        log.error(
-            "%d stream(s) failed: %s",
-            len(pipeline.failed_streams),
-            ", ".join(pipeline.failed_streams),
-        )
+    url = f"http://{config.server.bind}/reload"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=120) as r:
+            print(r.read().decode())
+            return EXIT_OK
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode())
+        log.error("the running labelcast rejected the new config (see its log)")
         return EXIT_FAILED
-    return EXIT_OK
+    except OSError as exc:
+        log.error("no labelcast answers at %s (%s)", url, exc)
+        return EXIT_FAILED
 
 
 def _check(config: PipelineConfig) -> int:
     from labelcast.pipeline.classifier import Classifier
-    from labelcast.pipeline.runner import SOURCE_CLASSES
+    from labelcast.pipeline.postprocess import StreamPostprocess
+    from labelcast.pipeline.runner import SINK_CLASSES, SOURCE_CLASSES
 
     problems: list[str] = []
     for source_config in config.sources:
@@ -156,6 +192,10 @@ def _check(config: PipelineConfig) -> int:
                 folder = folder.parent
             if not os.access(folder, os.W_OK):
                 problems.append(str(SinkError(f"log sink: {path} is not writable")))
+        # A sink class may offer a cheap reachability check: check(config) -> problems.
+        sink_check = getattr(SINK_CLASSES.get(sink_config.type), "check", None)
+        if sink_check is not None:
+            problems.extend(sink_check(sink_config))
     try:
         classifier = Classifier.load(config.model)
         log.info(
@@ -164,7 +204,10 @@ def _check(config: PipelineConfig) -> int:
             classifier.num_labels,
             classifier.info.revision or "local",
         )
-    except ModelError as exc:
+        # Group maps go by class id: they must fit the model's classes.
+        rules = {source.id: config.stream_labels(source.id)[0] for source in config.sources}
+        StreamPostprocess(rules, classifier.id2label)
+    except (ModelError, ConfigError) as exc:
         problems.append(str(exc))
     for problem in problems:
         log.error("%s", problem)
@@ -174,29 +217,39 @@ def _check(config: PipelineConfig) -> int:
     return EXIT_OK
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "thread": record.threadName,
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+def _model_info(model: str, revision: str | None, *, as_json: bool) -> int:
+    from labelcast.model_info import format_model_info, model_info
+
+    info = model_info(model, revision)
+    print(json.dumps(info, indent=2) if as_json else format_model_info(info))
+    return EXIT_OK
 
 
-def _setup_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # The hub client logs every retry; labelcast reports the outcome once.
-    for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+def _verify(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from labelcast.verify import VerifyThresholds, format_report, verify
+
+    thresholds = VerifyThresholds(args.expect_top1, args.tolerance, args.min_agreement)
+    report = verify(config, args.images, thresholds)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_OK if report["passed"] else EXIT_FAILED
+
+
+def _listen(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from labelcast.sinks.mqtt import listen, listen_config
+
+    sink = listen_config(list(config.sinks), args.sink)
+    if sink is None:
+        which = "no mqtt sink" if args.sink is None else f"sink {args.sink} is not an mqtt sink"
+        raise ConfigError(f"{args.config}: {which}; listen needs one")
+    try:
+        listen(
+            sink,
+            config.name,
+            out=sys.stdout,
+            everything=args.all,
+            count=args.count,
+            timeout_s=args.timeout,
+        )
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT  # what a shell reports for Ctrl-C
+    return EXIT_OK

@@ -14,13 +14,29 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from labelcast.errors import ConfigError
+from labelcast.logs import LogConfig
 from labelcast.pipeline.classifier import ModelConfig
 from labelcast.pipeline.postprocess import LabelsConfig
+from labelcast.pipeline.smoothing import SmoothingConfig
+from labelcast.server import ServerConfig
 from labelcast.sinks.log import LogSinkConfig
+from labelcast.sinks.mqtt import MqttSinkConfig
+from labelcast.sources.camera import CameraSourceConfig
 from labelcast.sources.file import FileSourceConfig
+from labelcast.sources.stream import RtspSourceConfig, StreamSourceConfig
+from labelcast.sources.webrtc import WebRTCSourceConfig
 
-SourceConfig = Annotated[Union[FileSourceConfig], Field(discriminator="type")]  # noqa: UP007
-SinkConfig = Annotated[Union[LogSinkConfig], Field(discriminator="type")]  # noqa: UP007
+SourceConfig = Annotated[
+    Union[  # noqa: UP007
+        FileSourceConfig,
+        RtspSourceConfig,
+        StreamSourceConfig,
+        CameraSourceConfig,
+        WebRTCSourceConfig,
+    ],
+    Field(discriminator="type"),
+]
+SinkConfig = Annotated[Union[LogSinkConfig, MqttSinkConfig], Field(discriminator="type")]  # noqa: UP007
 
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -59,9 +75,34 @@ class PipelineConfig(BaseModel):
     labels: Annotated[LabelsConfig, Field(description="Which labels events carry.")] = (
         LabelsConfig()
     )
+    smoothing: Annotated[
+        SmoothingConfig,
+        Field(description="How each stream's current label (its state) follows the scores."),
+    ] = SmoothingConfig()
     sinks: Annotated[
         list[SinkConfig], Field(description="Where label events go (default: log to stdout).")
     ] = [LogSinkConfig()]
+    server: Annotated[
+        ServerConfig | None,
+        Field(description="Local HTTP endpoint for /healthz, /readyz, /metrics and reload."),
+    ] = None
+    log: Annotated[LogConfig, Field(description="How labelcast logs.")] = LogConfig()
+    shutdown_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="On SIGTERM, the longest wait for queued frames and sinks "
+            "before exiting anyway.",
+        ),
+    ] = 30.0
+    classifier_stall_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="The classifier counts as hung (not alive; no systemd watchdog "
+            "pings) after this long without finishing a batch or idling.",
+        ),
+    ] = 120.0
 
     @model_validator(mode="after")
     def _unique_stream_ids(self) -> PipelineConfig:
@@ -73,6 +114,46 @@ class PipelineConfig(BaseModel):
                 )
             seen.add(source.id)
         return self
+
+    @model_validator(mode="after")
+    def _label_rules_valid(self) -> PipelineConfig:
+        try:
+            self.labels.check()
+        except ValueError as exc:
+            raise ValueError(f"labels: {exc}") from None
+        try:
+            self.smoothing.check()
+        except ValueError as exc:
+            raise ValueError(f"smoothing: {exc}") from None
+        for source in self.sources:
+            self.stream_labels(source.id)  # each source's overrides merged with the pipeline's
+        return self
+
+    def stream_labels(self, stream: str) -> tuple[LabelsConfig, SmoothingConfig]:
+        """Return a stream's label rules and smoothing: the pipeline's, with its source's keys.
+
+        Raises ValueError naming the source's key if the combination is invalid.
+        """
+        index, source = next((i, s) for i, s in enumerate(self.sources) if s.id == stream)
+        try:
+            labels = self.labels.overridden_by(source.labels)
+        except ValueError as exc:
+            raise ValueError(f"sources.{index}.labels: {_first_problem(exc)}") from None
+        try:
+            smoothing = self.smoothing.overridden_by(source.smoothing)
+        except ValueError as exc:
+            raise ValueError(f"sources.{index}.smoothing: {_first_problem(exc)}") from None
+        return labels, smoothing
+
+
+def _first_problem(exc: ValueError) -> str:
+    """Describe the first problem of a validation error, without values (they may be secrets)."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:

@@ -38,7 +38,7 @@ class Progress:
         started = time.monotonic()
         bars: dict[str, tqdm] = {}
         if self._bars:
-            for position, (stream, stats) in enumerate(self._stats.items()):
+            for position, (stream, stats) in enumerate(list(self._stats.items())):
                 bars[stream] = tqdm(
                     total=stats.total_frames,
                     desc=stream,
@@ -49,7 +49,7 @@ class Progress:
                 )
         while not self._stop.wait(self._interval):
             elapsed = time.monotonic() - started
-            for stream, stats in self._stats.items():
+            for stream, stats in list(self._stats.items()):
                 rate = stats.classified / elapsed if elapsed > 0 else 0.0
                 if stream in bars:
                     bar = bars[stream]

@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 # System packages the tests use (real brokers, servers, browsers), installed when missing.
 need=()
 python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
+dpkg -s python3-gi >/dev/null 2>&1 || need+=(python3-gi)
+dpkg -s gir1.2-gst-rtsp-server-1.0 >/dev/null 2>&1 || need+=(gir1.2-gst-rtsp-server-1.0)
+dpkg -s gstreamer1.0-rtsp >/dev/null 2>&1 || need+=(gstreamer1.0-rtsp)
+dpkg -s gstreamer1.0-plugins-good >/dev/null 2>&1 || need+=(gstreamer1.0-plugins-good)
+dpkg -s gstreamer1.0-plugins-bad >/dev/null 2>&1 || need+=(gstreamer1.0-plugins-bad)
+dpkg -s mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq

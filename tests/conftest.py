@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import free_port
 from media import make_clip
+from rtsp_server import RtspServer
 
 # Nothing is downloaded at test time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -88,3 +92,25 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             folder / "faststart.mp4", seconds=6, fps=30, container_options={"movflags": "faststart"}
         ),
     }
+
+
+@pytest.fixture(scope="session")
+def live_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 90 s clip at 15 fps for the RTSP server: longer than any test watches one connection."""
+    folder = tmp_path_factory.mktemp("live")
+    return make_clip(folder / "live.mp4", seconds=90, fps=15)
+
+
+@pytest.fixture
+def rtsp_server(live_clip: Path) -> Iterator[Callable[..., RtspServer]]:
+    """Start real RTSP server processes (GStreamer) on free loopback ports; killed at the end."""
+    servers: list[RtspServer] = []
+
+    def start(**kwargs: Any) -> RtspServer:
+        server = RtspServer(free_port(), live_clip, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,10 @@ def by_stream(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for event in events:
         grouped.setdefault(event["stream"], []).append(event)
     return grouped
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -42,13 +42,36 @@ class StreamQueues:
         self._next = 0
 
     def add_stream(self, stream: str, capacity: int, live: bool) -> None:
-        """Register a stream before its producer starts."""
+        """Register a stream before its producer starts (again, after a reload).
+
+        Frames a stream of the same id still has queued are kept, in order.
+        """
         with self._cond:
-            self._queues[stream] = _StreamQueue(capacity=capacity, live=live)
-            self._order.append(stream)
+            old = self._queues.get(stream)
+            queue = _StreamQueue(capacity=capacity, live=live)
+            if old is not None:
+                queue.frames = old.frames
+                queue.dropped_pending = old.dropped_pending
+                queue.dropped_total = old.dropped_total
+            self._queues[stream] = queue
+            if stream not in self._order:
+                self._order.append(stream)
+
+    def remove_stream(self, stream: str) -> None:
+        """Forget an ended stream whose frames were all handed out (a reload removed it)."""
+        with self._cond:
+            queue = self._queues.get(stream)
+            if queue is not None and queue.closed and not queue.frames:
+                del self._queues[stream]
+                if stream in self._order:
+                    self._order.remove(stream)
+                    self._next = 0
 
     def put(self, frame: Frame, stop: threading.Event) -> bool:
-        """Enqueue a frame; return False if ``stop`` was set while waiting for room."""
+        """Enqueue a frame; return False if ``stop`` was set while waiting for room.
+
+        ``stop`` is the hard stop: a graceful stop still queues the frames in hand.
+        """
         with self._cond:
             queue = self._queues[frame.stream]
             if queue.live:
@@ -74,24 +97,31 @@ class StreamQueues:
     def depth(self, stream: str) -> int:
         """Return how many frames of ``stream`` wait to be batched."""
         with self._cond:
-            return len(self._queues[stream].frames)
+            queue = self._queues.get(stream)
+            return len(queue.frames) if queue is not None else 0
 
     def dropped(self, stream: str) -> int:
         """Return how many frames of ``stream`` were dropped in all."""
         with self._cond:
             return self._queues[stream].dropped_total
 
-    def next_batch(self, max_size: int, max_wait_s: float) -> list[QueuedFrame] | None:
+    def next_batch(
+        self, max_size: int, max_wait_s: float, idle_s: float = 1.0
+    ) -> list[QueuedFrame] | None:
         """Wait for frames and return up to ``max_size`` of them, round-robin across streams.
 
         The batch is returned when it is full, ``max_wait_s`` after its first frame, or
-        when no open stream can add to it. Returns None once every stream has ended and
-        all their frames were handed out.
+        when no open stream can add to it. Returns an empty batch after ``idle_s`` with
+        no frame (so the caller can show it is alive), and None once every stream has
+        ended and all their frames were handed out.
         """
         with self._cond:
+            idle_until = time.monotonic() + idle_s
             while not self._has_frames():
                 if self._all_ended():
                     return None
+                if time.monotonic() >= idle_until:
+                    return []
                 self._cond.wait(0.1)
             deadline = time.monotonic() + max_wait_s
             batch: list[QueuedFrame] = []

@@ -6,12 +6,10 @@ in the configured precision; softmax is always computed in fp32.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelcast.errors import ModelError
+from labelcast.pipeline.checkpoint import resolve_checkpoint, verify_sha256
 from labelcast.pipeline.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -69,6 +68,31 @@ class ModelConfig(BaseModel):
         Field(description="auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16 | fp32 | int8 (CPU)."),
     ] = "auto"
     batch: Annotated[BatchConfig, Field(description="Micro-batching settings.")] = BatchConfig()
+    sha256: Annotated[
+        dict[str, str],
+        Field(
+            description="Expected SHA-256 per checkpoint file (e.g. model.safetensors); "
+            "checked before loading, a mismatch refuses to start."
+        ),
+    ] = {}
+    self_check: Annotated[
+        Literal["auto", "on", "off"],
+        Field(
+            description="Classify the first frames in fp32 too and warn if the configured "
+            "precision disagrees; auto = on for fp16/bf16 on CUDA."
+        ),
+    ] = "auto"
+    self_check_max_score_diff: Annotated[
+        float,
+        Field(gt=0, le=1, description="Largest score difference the self-check accepts."),
+    ] = 0.02
+    allow_pickle: Annotated[
+        bool,
+        Field(
+            description="Load pickle weights (pytorch_model.bin) when a checkpoint has no "
+            "safetensors. Pickle can run code: only for checkpoints you trust."
+        ),
+    ] = False
 
 
 @dataclass(frozen=True)
@@ -99,55 +123,45 @@ class Classifier:
         self.info = info
 
     @classmethod
-    def load(cls, config: ModelConfig) -> Classifier:
-        """Load the configured checkpoint (weights, labels, preprocessing) onto its device."""
+    def load(cls, config: ModelConfig, precision: str | None = None) -> Classifier:
+        """Load the configured checkpoint (weights, labels, preprocessing) onto its device.
+
+        ``precision`` overrides the configured one (``verify`` loads an fp32 reference).
+        """
         device = resolve_device(config.device)
-        precision = resolve_precision(config.precision, device)
-        is_local = os.path.isdir(config.id)
-        revision = None if is_local else config.revision
-        if is_local and not os.path.isfile(os.path.join(config.id, "config.json")):
-            raise ModelError(
-                f"model directory {config.id!r} has no config.json "
-                "(it is not a Hugging Face checkpoint directory)"
-            )
+        precision = resolve_precision(precision or config.precision, device)
+        checkpoint = resolve_checkpoint(
+            config.id, config.revision, allow_pickle=config.allow_pickle
+        )
+        verify_sha256(checkpoint, config.sha256)
+        preprocessor = Preprocessor.from_config(
+            checkpoint.read_json("preprocessor_config.json"),
+            str(checkpoint.directory / "preprocessor_config.json"),
+        )
         # Imported here: importing transformers costs seconds that `labelcast schema` needn't pay.
         from transformers import AutoModelForImageClassification
-        from transformers.utils import cached_file  # type: ignore[attr-defined]
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-
-        where = "" if is_local else f" (revision {revision or 'main'})"
-        log.info("loading model %s%s", config.id, where)
+        log.info("loading model %s (revision %s)", config.id, checkpoint.revision or "local")
         try:
             model = AutoModelForImageClassification.from_pretrained(
-                config.id, revision=revision, dtype=torch.float32
+                checkpoint.directory,
+                dtype=torch.float32,
+                use_safetensors=None if config.allow_pickle else True,
             )
-            processor_file = cached_file(config.id, "preprocessor_config.json", revision=revision)
-        except OSError as exc:
-            raise ModelError(_load_failure_message(config.id, revision, is_local, exc)) from exc
-        except (ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             raise ModelError(
-                f"model {config.id!r} is not an image classification "
-                f"checkpoint transformers can load: {exc}"
+                f"model {config.id!r} is not an image classification checkpoint "
+                f"transformers can load: {exc}"
             ) from exc
-        if processor_file is None:
-            raise ModelError(f"model {config.id!r} has no preprocessor_config.json")
-        try:
-            with open(processor_file, encoding="utf-8") as handle:
-                processor_config: dict[str, Any] = json.load(handle)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{processor_file}: not a readable JSON file ({exc})") from exc
-        preprocessor = Preprocessor.from_config(processor_config, processor_file)
-
         id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-        resolved = getattr(model.config, "_commit_hash", None) or revision
         model = _prepare(model, device, precision)
-        info = LoadedModelInfo(config.id, resolved, str(device), precision)
+        info = LoadedModelInfo(config.id, checkpoint.revision, str(device), precision)
         log.info(
             "loaded model %s (revision %s) on %s in %s, %d labels",
             config.id,
-            resolved or "local",
+            checkpoint.revision or "local",
             device,
             precision,
             len(id2label),
@@ -168,6 +182,14 @@ class Classifier:
         with torch.inference_mode():
             logits: torch.Tensor = self._model(pixel_values=pixel_values).logits
         return logits
+
+    def logits(self, images: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+        """Return the logits as fp32 numpy, shape (len(images), num_labels)."""
+        with torch.inference_mode():
+            result: npt.NDArray[np.float32] = (
+                self.forward(self.preprocess(images)).float().cpu().numpy()
+            )
+        return result
 
     def classify(self, images: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
         """Return class probabilities (softmax in fp32), shape (len(images), num_labels)."""
@@ -224,24 +246,3 @@ def _prepare(model: torch.nn.Module, device: torch.device, precision: str) -> to
         )
         return quantized
     return model.to(device=device, dtype=_DTYPES[precision])
-
-
-def _load_failure_message(model_id: str, revision: str | None, is_local: bool, exc: OSError) -> str:
-    if is_local:
-        return f"model directory {model_id!r} is not a usable checkpoint: {exc}"
-    if os.path.isabs(model_id) or model_id.startswith((".", "~")):
-        return f"model.id {model_id!r} is neither an existing directory nor a hub id"
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    reason = (
-        "HF_HUB_OFFLINE is set and it is not in the local cache"
-        if offline
-        else "the Hugging Face hub could not be reached and it is not in the local cache"
-    )
-    if "not a valid model identifier" in str(exc) or "Repository Not Found" in str(exc):
-        reason = "the hub has no such model (or it is private)"
-    return (
-        f"cannot load model {model_id!r} (revision {revision or 'main'}): {reason}. "
-        f"To run without the hub, download it where there is network "
-        f"(hf download {model_id} --revision {revision or 'main'} --local-dir models/local) "
-        f"and set model.id to that directory (e.g. --set model.id=models/local)."
-    )

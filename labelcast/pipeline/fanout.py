@@ -1,4 +1,4 @@
-"""Fan-out of label events to sinks: one bounded queue and one thread per sink."""
+"""Fan-out of label events, stream states and changes to sinks: a bounded queue and thread each."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 
 from labelcast.errors import SinkError
-from labelcast.pipeline.frames import Frame, LabelEvent, StreamStatus
+from labelcast.pipeline.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
 from labelcast.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,14 @@ class SinkCounters:
     dropped: int = 0
 
 
+@dataclass(frozen=True)
+class _Change:
+    """A change event and the state it leads to, queued together."""
+
+    change: ChangeEvent
+    state: LabelState
+
+
 class SinkWorker:
     """Feeds one sink from a bounded queue on a thread of its own.
 
@@ -36,10 +44,14 @@ class SinkWorker:
     def __init__(self, sink: Sink, capacity: int = 256) -> None:
         self.sink = sink
         self.counters = SinkCounters()
-        self._queue: queue.Queue[tuple[LabelEvent, Frame] | StreamStatus | None] = queue.Queue(
-            capacity
+        self._queue: queue.Queue[tuple[LabelEvent, Frame] | StreamStatus | _Change | None] = (
+            queue.Queue(capacity)
         )
         self._in_drop_burst = False
+        # A sink written before change events existed may lack send_change: it gets none.
+        self._takes_changes = callable(getattr(sink, "send_change", None))
+        if not self._takes_changes:
+            log.warning("sink %s does not take change events; it gets none", sink.name)
         self._thread = threading.Thread(target=self._run, name=f"sink:{sink.name}", daemon=True)
 
     def start(self) -> None:
@@ -66,6 +78,30 @@ class SinkWorker:
         """Hand a stream state change to the sink, in order with its events; never dropped."""
         self._queue.put(status)
 
+    def put_change(self, change: ChangeEvent, state: LabelState) -> None:
+        """Hand a change of a stream's label and its new state to the sink, in order with events.
+
+        Lossless sinks always get it (``put`` waits). Other sinks never block the
+        classifier: when their queue is full the change is dropped and counted; the
+        next change carries the whole state again.
+        """
+        if not self._takes_changes:
+            return
+        item = _Change(change, state)
+        if self.sink.lossless:
+            self._queue.put(item)
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.counters.dropped += 1
+            log.warning(
+                "sink %s is behind; dropped the %s change of stream %s",
+                self.sink.name,
+                change.type,
+                change.stream,
+            )
+
     def close(self, timeout: float | None = None) -> bool:
         """Deliver what is queued, close the sink; return False if that took over ``timeout``."""
         self._queue.put(_CLOSE)
@@ -77,6 +113,8 @@ class SinkWorker:
             try:
                 if isinstance(item, StreamStatus):
                     self.sink.send_status(item)
+                elif isinstance(item, _Change):
+                    self.sink.send_change(item.change, item.state)
                 else:
                     self.sink.send(*item)
                     self.counters.sent += 1

@@ -1,4 +1,4 @@
-"""The values that flow through a pipeline: decoded frames and label events."""
+"""The values that flow through a pipeline: frames, label events, label states and changes."""
 
 from __future__ import annotations
 
@@ -91,6 +91,85 @@ class LabelEvent:
 
     def to_json(self) -> str:
         """Return the event as one compact JSON line (without the newline)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+CHANGE_SCHEMA = "labelcast.change/1"
+
+ChangeType = Literal["start", "change", "end"]
+
+
+@dataclass(frozen=True)
+class LabelState:
+    """A stream's current smoothed label: ``label`` is ``None`` when nothing scores enough.
+
+    ``score`` is the label's smoothed score when the state began (``None`` with no
+    label); ``since`` is the capture time (Unix seconds) of the frame from which the
+    label led. Sinks with a retained channel publish ``to_dict()`` as the stream's state.
+    """
+
+    pipeline: str
+    stream: str
+    label: str | None
+    score: float | None
+    since: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the state as the JSON object ``{label, score, since}``."""
+        return {
+            "label": self.label,
+            "score": None if self.score is None else round(self.score, 6),
+            "since": format_timestamp(self.since),
+        }
+
+    def to_json(self) -> str:
+        """Return the state as one compact JSON line (without the newline)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """A change of a stream's smoothed label (``labelcast.change/1``).
+
+    ``start``: no label → ``label``; ``change``: ``previous`` → ``label``; ``end``:
+    ``previous`` → no label. ``since`` is when the new state began (capture time of the
+    frame from which it led), ``duration_s`` how long the previous state lasted, on the
+    stream's clock; ``seq`` is the label event whose frame confirmed the change.
+    """
+
+    pipeline: str
+    stream: str
+    type: ChangeType
+    label: str | None
+    previous: str | None
+    score: float | None
+    since: float
+    duration_s: float
+    seq: int
+
+    @property
+    def id(self) -> str:
+        """A unique id per run: ``<pipeline>/<stream>/<seq>/<type>``."""
+        return f"{self.pipeline}/{self.stream}/{self.seq}/{self.type}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the change as the JSON object of the ``labelcast.change/1`` schema."""
+        return {
+            "schema": CHANGE_SCHEMA,
+            "id": self.id,
+            "pipeline": self.pipeline,
+            "stream": self.stream,
+            "type": self.type,
+            "label": self.label,
+            "previous": self.previous,
+            "score": None if self.score is None else round(self.score, 6),
+            "since": format_timestamp(self.since),
+            "duration_s": round(self.duration_s, 6),
+            "seq": self.seq,
+        }
+
+    def to_json(self) -> str:
+        """Return the change as one compact JSON line (without the newline)."""
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
 

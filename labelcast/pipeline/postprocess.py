@@ -1,19 +1,26 @@
 """Postprocess: turn class probabilities into the labels an event carries.
 
-Order: map (rename or merge; merged scores add up) → include/exclude (on mapped names,
-exact or shell-style patterns) → ``min_score`` → ``top_k``.
+Order: groups (class ids → group names) → map (rename or merge; merged scores add up)
+→ include/exclude (on the resulting names, exact or shell-style patterns) →
+``min_score`` → ``top_k``. The same scores (before ``min_score`` and ``top_k``) feed
+each stream's ``LabelTracker`` (smoothing.py).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelcast.pipeline.frames import Label
+from labelcast.pipeline.groups import GroupMapName, resolve_groups
+
+UngroupedRule = Literal["keep", "other", "drop"]
+OTHER = "other"
 
 
 class LabelsConfig(BaseModel):
@@ -23,7 +30,13 @@ class LabelsConfig(BaseModel):
 
     top_k: Annotated[int, Field(ge=1, le=1000, description="Most labels per event.")] = 5
     min_score: Annotated[
-        float, Field(ge=0, le=1, description="Labels scoring below this are left out.")
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description="Labels scoring below this are left out of events; a stream whose top "
+            "smoothed score is below it has no label (state none).",
+        ),
     ] = 0.0
     include: Annotated[
         list[str],
@@ -34,29 +47,76 @@ class LabelsConfig(BaseModel):
     ] = []
     map: Annotated[
         dict[str, str],
-        Field(description="Rename labels; several labels mapped to one name add their scores."),
+        Field(
+            description="Rename labels; several labels mapped to one name add their scores. "
+            "Keys are the model's label names or group names (a label name wins)."
+        ),
     ] = {}
+    groups: Annotated[
+        GroupMapName | None,
+        Field(
+            description="A shipped group map (by class id) that merges the model's classes into "
+            "everyday groups, e.g. imagenet-coarse for ImageNet-1k checkpoints; see docs/labels.md."
+        ),
+    ] = None
+    ungrouped: Annotated[
+        UngroupedRule,
+        Field(
+            description="With groups: classes in no group keep their own name (keep), are merged "
+            "into one label 'other' (other), or are left out (drop)."
+        ),
+    ] = "keep"
+
+    def check(self) -> None:
+        """Raise ValueError if ``ungrouped`` is set without ``groups``.
+
+        Not a model validator: a source's override may set ``ungrouped`` and inherit
+        ``groups``, so PipelineConfig checks the merged rules.
+        """
+        if self.ungrouped != "keep" and self.groups is None:
+            raise ValueError("ungrouped applies only with groups")
+
+    def overridden_by(self, override: LabelsConfig | None) -> LabelsConfig:
+        """Return this config with the keys ``override`` sets replacing this one's (whole values).
+
+        Raises ValueError if the result is invalid.
+        """
+        if override is None:
+            return self
+        data = self.model_dump(exclude_unset=True)
+        data.update(override.model_dump(exclude_unset=True))
+        merged = LabelsConfig.model_validate(data)
+        merged.check()
+        return merged
 
 
 class Postprocess:
-    """Applies a ``LabelsConfig`` to batches of probability vectors, vectorised over classes."""
+    """Applies a ``LabelsConfig`` to batches of probability vectors, vectorised over classes.
+
+    Raises ConfigError if ``labels.groups`` does not fit the checkpoint's classes.
+    """
 
     def __init__(self, config: LabelsConfig, id2label: dict[int, str]) -> None:
         self._top_k = config.top_k
         self._min_score = config.min_score
         num_classes = len(id2label)
+        class_groups = resolve_groups(config.groups, id2label) if config.groups else {}
         names: list[str] = []
         members: dict[str, list[int]] = {}
         for class_id in range(num_classes):
-            name = config.map.get(id2label[class_id], id2label[class_id])
+            name = _name(config, id2label[class_id], class_groups.get(class_id))
+            if name is None:
+                continue
             if name not in members:
                 members[name] = []
                 names.append(name)
             members[name].append(class_id)
-        self._names = names
+        self._names = tuple(names)
         self._class_ids: list[int | None] = [
             ids[0] if len(ids) == 1 else None for ids in (members[n] for n in names)
         ]
+        # Each column of the result is one name; the identity (no merges, nothing dropped)
+        # skips the matrix product.
         self._merge: npt.NDArray[np.float32] | None = None
         if len(names) != num_classes:
             merge = np.zeros((num_classes, len(names)), dtype=np.float32)
@@ -67,10 +127,22 @@ class Postprocess:
             [_kept(name, config.include, config.exclude) for name in names], dtype=bool
         )
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The label name of each column of ``scores()``."""
+        return self._names
+
+    def scores(self, probs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Return each row's score per name (shape (N, len(names))); filtered-out names get -1."""
+        scores = probs @ self._merge if self._merge is not None else probs
+        return np.where(self._keep, scores, np.float32(-1.0)).astype(np.float32, copy=False)
+
     def labels(self, probs: npt.NDArray[np.float32]) -> list[tuple[Label, ...]]:
         """Return the labels of each row of ``probs`` (shape (N, num_classes)), best first."""
-        scores = probs @ self._merge if self._merge is not None else probs
-        scores = np.where(self._keep, scores, -1.0)
+        return self.labels_from_scores(self.scores(probs))
+
+    def labels_from_scores(self, scores: npt.NDArray[np.float32]) -> list[tuple[Label, ...]]:
+        """Return the labels of each row of ``scores()``: ``min_score``, then ``top_k``."""
         k = min(self._top_k, scores.shape[1])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         result: list[tuple[Label, ...]] = []
@@ -84,6 +156,59 @@ class Postprocess:
                 )
             )
         return result
+
+
+class StreamPostprocess:
+    """The postprocess of mixed-stream batches: one ``Postprocess`` per distinct ``LabelsConfig``.
+
+    Streams that share a config (the usual case) share one matrix product per batch.
+    """
+
+    def __init__(self, configs: dict[str, LabelsConfig], id2label: dict[int, str]) -> None:
+        shared: dict[str, Postprocess] = {}
+        self._of_stream: dict[str, Postprocess] = {}
+        for stream, config in configs.items():
+            key = config.model_dump_json()
+            if key not in shared:
+                shared[key] = Postprocess(config, id2label)
+            self._of_stream[stream] = shared[key]
+
+    def of(self, stream: str) -> Postprocess:
+        """Return the postprocess of one stream."""
+        return self._of_stream[stream]
+
+    def run(
+        self, streams: Sequence[str], probs: npt.NDArray[np.float32]
+    ) -> list[tuple[tuple[Label, ...], npt.NDArray[np.float32]]]:
+        """Return each row's labels and scores; row i of ``probs`` belongs to ``streams[i]``."""
+        rows: dict[int, tuple[Postprocess, list[int]]] = {}
+        for index, stream in enumerate(streams):
+            postprocess = self._of_stream[stream]
+            rows.setdefault(id(postprocess), (postprocess, []))[1].append(index)
+        result: list[tuple[tuple[Label, ...], npt.NDArray[np.float32]] | None] = [None] * len(
+            streams
+        )
+        for postprocess, indices in rows.values():
+            part = probs if len(indices) == len(streams) else probs[indices]
+            scores = postprocess.scores(part)
+            for index, row, labels in zip(
+                indices, scores, postprocess.labels_from_scores(scores), strict=True
+            ):
+                result[index] = (labels, row)
+        return [item for item in result if item is not None]  # every row was filled
+
+
+def _name(config: LabelsConfig, label: str, group: str | None) -> str | None:
+    """Return the name a class is reported under, or None if it is dropped."""
+    if label in config.map:
+        return config.map[label]
+    if group is not None:
+        return config.map.get(group, group)
+    if config.groups is None or config.ungrouped == "keep":
+        return label
+    if config.ungrouped == "other":
+        return config.map.get(OTHER, OTHER)
+    return None
 
 
 def _kept(name: str, include: list[str], exclude: list[str]) -> bool:

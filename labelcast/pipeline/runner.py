@@ -7,26 +7,47 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
-from labelcast.config import PipelineConfig, SourceConfig
+from labelcast.config import PipelineConfig, SinkConfig, SourceConfig
 from labelcast.errors import LabelcastError, SourceError
 from labelcast.pipeline.batcher import QueuedFrame, StreamQueues
 from labelcast.pipeline.classifier import Classifier
 from labelcast.pipeline.fanout import SinkWorker
-from labelcast.pipeline.frames import Label, LabelEvent, ModelInfo, StreamState, StreamStatus
-from labelcast.pipeline.postprocess import Postprocess
+from labelcast.pipeline.frames import (
+    ChangeEvent,
+    Label,
+    LabelEvent,
+    LabelState,
+    ModelInfo,
+    StreamState,
+    StreamStatus,
+)
+from labelcast.pipeline.metrics import PipelineMetrics
+from labelcast.pipeline.postprocess import StreamPostprocess
+from labelcast.pipeline.selfcheck import run_self_check, self_check_wanted
+from labelcast.pipeline.smoothing import LabelTracker
 from labelcast.sinks.base import Sink
 from labelcast.sinks.callback import CallbackSink
 from labelcast.sinks.log import LogSink
+from labelcast.sinks.mqtt import MqttSink
 from labelcast.sources.base import Source
+from labelcast.sources.camera import CameraSource
 from labelcast.sources.file import FileSource
+from labelcast.sources.stream import RtspSource, StreamSource
+from labelcast.sources.webrtc import WebRTCSource
 
 log = logging.getLogger(__name__)
 
-SOURCE_CLASSES: dict[str, Callable[..., Source]] = {"file": FileSource}
-SINK_CLASSES: dict[str, Callable[..., Sink]] = {"log": LogSink}
+SOURCE_CLASSES: dict[str, Callable[..., Source]] = {
+    "file": FileSource,
+    "rtsp": RtspSource,
+    "stream": StreamSource,
+    "camera": CameraSource,
+    "webrtc": WebRTCSource,
+}
+SINK_CLASSES: dict[str, Callable[..., Sink]] = {"log": LogSink, "mqtt": MqttSink}
 
 
 @dataclass
@@ -35,8 +56,10 @@ class StreamStats:
 
     stream: str
     decoded: int = 0
+    sampled: int = 0
     classified: int = 0
     dropped: int = 0
+    reconnects: int = 0
     total_frames: int | None = None
     ended: bool = False
     failed: str | None = None
@@ -53,11 +76,46 @@ class BatchStats:
     multi_stream: int = 0  # batches that held frames of more than one stream
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a reload changed: streams and sinks added, removed or restarted, model reloaded."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    sinks_added: int = 0
+    sinks_removed: int = 0
+    model_reloaded: bool = False
+
+
+@dataclass
+class _SourceHandle:
+    """One running source: its config, its thread and its own stop signal."""
+
+    config: SourceConfig
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    source: Source | None = None
+
+
+@dataclass
+class _Labelling:
+    """What turns a batch's probabilities into events: model, label rules, trackers."""
+
+    classifier: Classifier
+    postprocess: StreamPostprocess
+    trackers: dict[str, LabelTracker]
+    model_info: ModelInfo
+
+
 class Pipeline:
     """Runs one configured pipeline: start it, wait for it, stop it, or iterate its events.
 
     ``on_event`` (optional) is called with each ``LabelEvent`` on a sink thread of its
-    own. ``classifier`` lets an embedding application share one loaded model.
+    own; ``on_change`` (optional) with each ``ChangeEvent`` and the stream's new
+    ``LabelState``, on that same thread, in order with the events. ``classifier`` lets
+    an embedding application share one loaded model.
     """
 
     def __init__(
@@ -65,57 +123,71 @@ class Pipeline:
         config: PipelineConfig,
         *,
         on_event: Callable[[LabelEvent], object] | None = None,
+        on_change: Callable[[ChangeEvent, LabelState], object] | None = None,
         classifier: Classifier | None = None,
     ) -> None:
         self.config = config
         self.stats = {source.id: StreamStats(source.id) for source in config.sources}
         self.batch_stats = BatchStats()
+        self.metrics = PipelineMetrics()
         self.classifier = classifier
         self._on_event = on_event
-        self._stop = threading.Event()
+        self._on_change = on_change
+        self._labelling: _Labelling | None = None
+        self._pending: _Labelling | None = None  # adopted by the classifier thread
+        self._adopted = threading.Event()
+        self._stop = threading.Event()  # graceful: sources stop, queued frames are classified
+        self._abort = threading.Event()  # hard: nobody waits for anything any more
+        self._sources: dict[str, _SourceHandle] = {}
+        self._retired_threads: list[threading.Thread] = []
         self._queues = StreamQueues()
-        self._sink_workers: list[SinkWorker] = []
-        self._threads: list[threading.Thread] = []
+        self._seqs: dict[str, int] = {}  # events per stream, across reloads
+        # Each running sink with the config it came from (None: the API's callback sink).
+        self._sink_entries: list[tuple[SinkConfig | None, SinkWorker]] = []
         self._classifier_thread: threading.Thread | None = None
+        self._heartbeat = time.monotonic()
+        self._reload_lock = threading.Lock()
         self._done = threading.Event()
         self._error: BaseException | None = None
+        self.metrics.watch(self)
 
     def start(self) -> None:
         """Load the model, open the sinks and start every thread; return at once.
 
-        Raises ModelError or SinkError (before any thread runs) if those can't start.
+        Raises ModelError or SinkError (before any thread runs) if those can't start,
+        ConfigError if ``labels.groups`` does not fit the model.
         """
         if self.classifier is None:
             self.classifier = Classifier.load(self.config.model)
-        sinks: list[Sink] = [SINK_CLASSES[cfg.type](cfg) for cfg in self.config.sinks]
-        if self._on_event is not None:
-            sinks.append(CallbackSink(self._on_event))
-        self._sink_workers = [SinkWorker(sink) for sink in sinks]
-        for worker in self._sink_workers:
-            worker.start()
-        for source_config in self.config.sources:
-            self._queues.add_stream(
-                source_config.id,
-                source_config.queue_size,
-                live=getattr(SOURCE_CLASSES[source_config.type], "live", False),
-            )
-        self._classifier_thread = threading.Thread(
-            target=self._classify_loop, args=(self.classifier,), name="classifier", daemon=True
+        self._labelling = self._build_labelling(self.config, self.classifier, None)
+        workers = self._open_sinks(self.config.sinks)
+        entries: list[tuple[SinkConfig | None, SinkWorker]] = list(
+            zip(self.config.sinks, workers, strict=True)
         )
-        self._classifier_thread.start()
+        if self._on_event is not None or self._on_change is not None:
+            callback = SinkWorker(CallbackSink(self._on_event, on_change=self._on_change))
+            callback.start()
+            entries.append((None, callback))
+        self._sink_entries = entries
+        self._classifier_thread = threading.Thread(
+            target=self._classify_loop, name="classifier", daemon=True
+        )
         for source_config in self.config.sources:
-            thread = threading.Thread(
-                target=self._source_loop,
-                args=(source_config,),
-                name=f"source:{source_config.id}",
-                daemon=True,
-            )
-            self._threads.append(thread)
-            thread.start()
+            self._add_stream(source_config)
+        self._classifier_thread.start()
+        for handle in list(self._sources.values()):
+            self._start_source(handle)
 
     def stop(self) -> None:
         """Ask the pipeline to stop: sources stop, queued frames are classified, sinks flush."""
         self._stop.set()
+        for handle in list(self._sources.values()):
+            self._stop_source(handle)
+
+    def abort(self) -> None:
+        """Stop at once: nothing waits for queued frames or slow sinks any more."""
+        self._abort.set()
+        self.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the pipeline has finished; return False if ``timeout`` passed first.
@@ -135,9 +207,130 @@ class Pipeline:
         self.wait()
 
     @property
+    def label_states(self) -> dict[str, LabelState]:
+        """Each stream's current smoothed label, as last handed to the sinks."""
+        labelling = self._labelling
+        if labelling is None:
+            return {}
+        return {
+            stream: tracker.state
+            for stream, tracker in list(labelling.trackers.items())
+            if tracker.state is not None
+        }
+
+    @property
     def failed_streams(self) -> list[str]:
         """Streams whose source could not be opened or read."""
         return [s.stream for s in self.stats.values() if s.failed is not None]
+
+    @property
+    def sinks(self) -> list[SinkWorker]:
+        """The running sinks, each with its counters."""
+        return [worker for _, worker in self._sink_entries]
+
+    def queue_depth(self, stream: str) -> int:
+        """Return how many sampled frames of ``stream`` wait for the classifier."""
+        return self._queues.depth(stream)
+
+    def liveness(self) -> tuple[bool, str]:
+        """Whether the classifier is making progress (it is not hung), with the reason."""
+        thread = self._classifier_thread
+        if thread is None:
+            return False, "not started"
+        if self._done.is_set():
+            return True, "finished"
+        if not thread.is_alive():
+            return False, "the classifier thread has died"
+        age = time.monotonic() - self._heartbeat
+        if age > self.config.classifier_stall_s:
+            return False, f"the classifier has made no progress for {age:.0f} s"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Whether the pipeline is ready: model loaded, streams online, sinks connected."""
+        reasons: list[str] = []
+        if self._labelling is None:
+            reasons.append("the model is not loaded yet")
+        alive, why = self.liveness()
+        if not alive:
+            reasons.append(why)
+        streams: dict[str, str] = {}
+        for stream, handle in list(self._sources.items()):
+            state = self.stats[stream].state or "starting"
+            streams[stream] = state
+            if state != "online" and not handle.config.allow_offline:
+                reasons.append(f"stream {stream} is {state}")
+        sinks: dict[str, bool] = {}
+        for worker in self.sinks:
+            connected = bool(getattr(worker.sink, "connected", True))
+            sinks[worker.sink.name] = connected
+            if not connected:
+                reasons.append(f"sink {worker.sink.name} is not connected")
+        return not reasons, {"reasons": reasons, "streams": streams, "sinks": sinks}
+
+    def reconfigure(self, config: PipelineConfig) -> ReloadResult:
+        """Switch to a new configuration without stopping what did not change.
+
+        Everything new is built first (model, label rules, sinks); if any of it fails,
+        the error is raised and the running pipeline is untouched. Then removed and
+        changed sources stop (their queued frames are still classified), the classifier
+        adopts the new model and rules between two batches, and added or changed
+        sources start. Unchanged sources and sinks keep running; every stream's ``seq``
+        continues.
+        """
+        with self._reload_lock:
+            if self._labelling is None or self._done.is_set():
+                raise RuntimeError("reconfigure() needs a running pipeline")
+            old = self.config
+            model_changed = old.model.model_dump(exclude={"batch"}) != config.model.model_dump(
+                exclude={"batch"}
+            )
+            classifier = (
+                Classifier.load(config.model) if model_changed else self._labelling.classifier
+            )
+            labelling = self._build_labelling(config, classifier, self._labelling)
+            running = list(self._sink_entries)
+            unchanged = [entry for entry in running if entry[0] is None or entry[0] in config.sinks]
+            unchanged_configs = [cfg for cfg, _ in unchanged]
+            new_sink_configs = [cfg for cfg in config.sinks if cfg not in unchanged_configs]
+            retired = [entry for entry in running if entry not in unchanged]
+            added_sinks = self._replace_sinks(unchanged, retired, new_sink_configs)
+
+            old_sources = {s.id: s for s in old.sources}
+            new_sources = {s.id: s for s in config.sources}
+            removed = [i for i in old_sources if i not in new_sources]
+            added = [i for i in new_sources if i not in old_sources]
+            restarted = [
+                i
+                for i in new_sources
+                if i in old_sources and _source_key(old_sources[i]) != _source_key(new_sources[i])
+            ]
+            kept = [i for i in new_sources if i in old_sources and i not in restarted]
+
+            for stream in added:
+                self.stats[stream] = StreamStats(stream)
+            self.config = config
+            for stream in removed + restarted:
+                self._retire_source(stream)
+            self._adopt(labelling)
+            for stream in added + restarted:
+                self._add_stream(new_sources[stream])
+                self._start_source(self._sources[stream])
+            for stream in removed:
+                self._queues.remove_stream(stream)
+                self.stats.pop(stream, None)
+
+            result = ReloadResult(
+                tuple(added),
+                tuple(removed),
+                tuple(restarted),
+                tuple(kept),
+                len(added_sinks),
+                len(retired),
+                model_changed,
+            )
+            log.info("reloaded: %s", _describe_reload(result))
+            return result
 
     def events(self) -> Iterator[LabelEvent]:
         """Run the pipeline and yield its events as they come; stops it when the loop ends.
@@ -167,26 +360,70 @@ class Pipeline:
                     handoff.get(timeout=0.1)
         self.wait()
 
-    def _source_loop(self, config: SourceConfig) -> None:
+    # -- sources ---------------------------------------------------------------------------
+
+    def _add_stream(self, config: SourceConfig) -> None:
+        live = bool(getattr(SOURCE_CLASSES[config.type], "live", False))
+        self._queues.add_stream(config.id, config.queue_size, live=live)
+        self._seqs.setdefault(config.id, 0)
+        self.stats.setdefault(config.id, StreamStats(config.id))
+        self._sources[config.id] = _SourceHandle(config)
+
+    def _start_source(self, handle: _SourceHandle) -> None:
+        handle.thread = threading.Thread(
+            target=self._source_loop,
+            args=(handle,),
+            name=f"source:{handle.config.id}",
+            daemon=True,
+        )
+        handle.thread.start()
+
+    def _stop_source(self, handle: _SourceHandle) -> None:
+        handle.stop.set()
+        if handle.source is not None:
+            _interrupt(handle.source)
+
+    def _retire_source(self, stream: str) -> None:
+        """Stop a source, wait for its thread, and for its queued frames to be classified."""
+        handle = self._sources.pop(stream)
+        self._stop_source(handle)
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        if handle.thread is not None:
+            handle.thread.join(self.config.shutdown_timeout_s)
+        while self._queues.depth(stream) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _source_loop(self, handle: _SourceHandle) -> None:
+        config = handle.config
         stream = config.id
         stats = self.stats[stream]
+        stats.ended, stats.failed = False, None
         end_reason = "ended"
 
         def on_status(state: StreamState, reason: str | None = None) -> None:
             self._set_status(stream, state, reason)
 
         try:
-            with SOURCE_CLASSES[config.type](config, on_status=on_status) as source:
-                self._set_status(stream, "online", None)
+            source = SOURCE_CLASSES[config.type](config, on_status=on_status)
+            handle.source = source
+            if handle.stop.is_set():  # stopped before the source existed
+                _interrupt(source)
+            with source:
+                if not handle.stop.is_set():  # a live source stopped while connecting
+                    self._set_status(stream, "online", None)
                 stats.total_frames = getattr(source, "frame_count_hint", None)
                 frames = source.frames()
                 with contextlib.closing(frames):  # type: ignore[type-var]
                     for frame in frames:
                         stats.decoded = getattr(source, "frames_decoded", stats.decoded)
-                        if self._stop.is_set() or not self._queues.put(frame, self._stop):
+                        # A frame in hand was sampled: it is queued even when stopping.
+                        if not self._queues.put(frame, self._abort):
+                            break
+                        stats.sampled += 1
+                        if handle.stop.is_set():
                             break
                 stats.decoded = getattr(source, "frames_decoded", stats.decoded)
-            if self._stop.is_set():
+            if handle.stop.is_set():
                 end_reason = "stopped"
         except SourceError as exc:
             stats.failed = end_reason = str(exc)
@@ -200,32 +437,167 @@ class Pipeline:
             self._set_status(stream, "offline", end_reason)
 
     def _set_status(self, stream: str, state: StreamState, reason: str | None) -> None:
-        stats = self.stats[stream]
+        stats = self.stats.get(stream)
+        if stats is None:
+            return
         if stats.state == state and state != "reconnecting":
             return
+        if state == "reconnecting" and stats.state != "reconnecting":
+            stats.reconnects += 1
         stats.state = state
         if state == "online":
             log.info("stream %s: online", stream)
         else:
             log.info("stream %s: %s (%s)", stream, state, reason)
         status = StreamStatus(self.config.name, stream, state, reason, time.time())
-        for worker in self._sink_workers:
+        for worker in self.sinks:
             worker.put_status(status)
 
-    def _classify_loop(self, classifier: Classifier) -> None:
-        config = self.config
-        postprocess = Postprocess(config.labels, classifier.id2label)
+    # -- sinks -----------------------------------------------------------------------------
+
+    def _open_sinks(self, configs: Sequence[SinkConfig]) -> list[SinkWorker]:
+        """Open sinks and start their workers; if one fails, close those opened and raise."""
+        workers: list[SinkWorker] = []
+        try:
+            for sink_config in configs:
+                workers.append(SinkWorker(SINK_CLASSES[sink_config.type](sink_config)))
+        except BaseException:
+            for worker in workers:
+                worker.sink.close()
+            raise
+        for worker in workers:
+            worker.start()
+        return workers
+
+    def _replace_sinks(
+        self,
+        unchanged: list[tuple[SinkConfig | None, SinkWorker]],
+        retired: list[tuple[SinkConfig | None, SinkWorker]],
+        configs: list[SinkConfig],
+    ) -> list[SinkWorker]:
+        """Close the retired sinks, then open the new ones; return the new workers.
+
+        Retired sinks close first because a changed sink may need the same resources (an
+        outbox file). If a new sink fails, the retired ones reopen, so the pipeline keeps
+        the sinks it had, and the error is raised.
+        """
+        if not retired and not configs:
+            return []
+        self._sink_entries = list(unchanged)
+        for _, worker in retired:
+            worker.close(self.config.shutdown_timeout_s)
+        try:
+            added = self._open_sinks(configs)
+        except BaseException:
+            previous = [cfg for cfg, _ in retired if cfg is not None]
+            self._sink_entries = unchanged + list(
+                zip(previous, self._open_sinks(previous), strict=True)
+            )
+            raise
+        self._sink_entries = unchanged + list(zip(configs, added, strict=True))
+        return added
+
+    # -- classification --------------------------------------------------------------------
+
+    def _build_labelling(
+        self, config: PipelineConfig, classifier: Classifier, previous: _Labelling | None
+    ) -> _Labelling:
+        """Build each stream's postprocess and tracker (its labels and smoothing overrides).
+
+        A stream whose rules, model and pipeline name are unchanged keeps its tracker,
+        so a reload does not reset its state.
+        """
+        rules = {source.id: config.stream_labels(source.id) for source in config.sources}
+        postprocess = StreamPostprocess(
+            {stream: labels for stream, (labels, _) in rules.items()}, classifier.id2label
+        )
+        trackers: dict[str, LabelTracker] = {}
+        for source in config.sources:
+            labels, smoothing = rules[source.id]
+            if (
+                previous is not None
+                and previous.classifier is classifier
+                and config.name == self.config.name
+                and source.id in previous.trackers
+                and self._rules_of(source.id) == rules[source.id]
+            ):
+                trackers[source.id] = previous.trackers[source.id]
+                continue
+            live = bool(getattr(SOURCE_CLASSES[source.type], "live", False))
+            trackers[source.id] = LabelTracker(
+                smoothing,
+                postprocess.of(source.id).names,
+                labels.min_score,
+                pipeline=config.name,
+                stream=source.id,
+                clock=smoothing.resolved_clock(live),
+            )
         info = classifier.info
         model_info = ModelInfo(info.id, info.revision, info.precision)
-        max_wait_s = config.model.batch.max_wait_ms / 1000
-        seqs = dict.fromkeys(self.stats, 0)
+        return _Labelling(classifier, postprocess, trackers, model_info)
+
+    def _rules_of(self, stream: str) -> tuple[object, object] | None:
+        if any(source.id == stream for source in self.config.sources):
+            return self.config.stream_labels(stream)
+        return None
+
+    def _adopt(self, labelling: _Labelling) -> None:
+        """Hand new rules to the classifier thread and wait until it uses them."""
+        self._adopted.clear()
+        self._pending = labelling
+        if not self._adopted.wait(self.config.shutdown_timeout_s + self.config.classifier_stall_s):
+            log.warning("the classifier did not take the new configuration in time")
+
+    def _take_pending(self) -> _Labelling:
+        current = self._labelling
+        assert current is not None  # start() built it
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return current
+        # Streams that are gone end their state, so no retained state is left behind.
+        for stream, tracker in current.trackers.items():
+            if pending.trackers.get(stream) is not tracker:
+                self._publish_change(tracker, tracker.finish())
+        self._labelling = pending
+        self._adopted.set()
+        return pending
+
+    def _classify_loop(self) -> None:
+        self_check_pending = True
         try:
-            while batch := self._queues.next_batch(config.model.batch.max_size, max_wait_s):
+            while True:
+                self._heartbeat = time.monotonic()
+                labelling = self._take_pending()
+                batching = self.config.model.batch
+                batch = self._queues.next_batch(batching.max_size, batching.max_wait_ms / 1000)
+                if batch is None:
+                    break
+                if not batch:
+                    continue
+                labelling = self._take_pending()
                 self._count_batch(batch)
-                probs = classifier.classify([item.frame.image for item in batch])
-                for item, labels in zip(batch, postprocess.labels(probs), strict=True):
-                    seqs[item.frame.stream] += 1
-                    self._publish(item, labels, seqs[item.frame.stream], model_info)
+                images = [item.frame.image for item in batch]
+                classifier = labelling.classifier
+                if self_check_pending:
+                    self_check_pending = False
+                    if self_check_wanted(self.config.model, classifier):
+                        run_self_check(self.config.model, classifier, images)
+                started = time.perf_counter()
+                probs = classifier.classify(images)
+                self.metrics.model_seconds.observe(time.perf_counter() - started)
+                streams = [item.frame.stream for item in batch]
+                for item, (labels, scores) in zip(
+                    batch, labelling.postprocess.run(streams, probs), strict=True
+                ):
+                    frame = item.frame
+                    self._seqs[frame.stream] += 1
+                    seq = self._seqs[frame.stream]
+                    self._publish(item, labels, seq, labelling.model_info)
+                    tracker = labelling.trackers[frame.stream]
+                    change = tracker.update(
+                        scores, seq=seq, pts=frame.pts, captured_at=frame.captured_at
+                    )
+                    self._publish_change(tracker, change)
         except BaseException as exc:
             self._error = exc
             if isinstance(exc, LabelcastError):
@@ -233,12 +605,23 @@ class Pipeline:
             else:
                 log.exception("the classifier failed; stopping the pipeline")
         finally:
-            self._stop.set()
-            for thread in self._threads:
-                thread.join()
-            for worker in self._sink_workers:
-                worker.close()
-            self._done.set()
+            self._finish()
+
+    def _finish(self) -> None:
+        self.stop()
+        self._adopted.set()  # a reload waiting on this thread must not wait any more
+        for handle in list(self._sources.values()):
+            if handle.thread is not None:
+                handle.thread.join()
+        # Every frame is classified: streams that still show a label end, so no sink
+        # keeps a retained state that nothing watches any more.
+        if self._labelling is not None:
+            for tracker in self._labelling.trackers.values():
+                self._publish_change(tracker, tracker.finish())
+        for worker in self.sinks:
+            if not worker.close(None if not self._abort.is_set() else 1.0):
+                log.warning("sink %s did not finish in time", worker.sink.name)
+        self._done.set()
 
     def _count_batch(self, batch: list[QueuedFrame]) -> None:
         stats = self.batch_stats
@@ -247,6 +630,7 @@ class Pipeline:
         stats.largest = max(stats.largest, len(batch))
         if len({item.frame.stream for item in batch}) > 1:
             stats.multi_stream += 1
+        self.metrics.batch_size.observe(len(batch))
 
     def _publish(
         self, item: QueuedFrame, labels: tuple[Label, ...], seq: int, model_info: ModelInfo
@@ -255,16 +639,57 @@ class Pipeline:
         stats = self.stats[frame.stream]
         stats.classified += 1
         stats.dropped += item.dropped
+        latency_s = time.time() - frame.captured_at
+        self.metrics.latency_seconds.observe(latency_s)
         event = LabelEvent(
             pipeline=self.config.name,
             stream=frame.stream,
             seq=seq,
             pts=frame.pts,
             captured_at=frame.captured_at,
-            latency_ms=(time.time() - frame.captured_at) * 1000.0,
+            latency_ms=latency_s * 1000.0,
             labels=labels,
             model=model_info,
             dropped=item.dropped,
         )
-        for worker in self._sink_workers:
+        for worker in self.sinks:
             worker.put(event, frame)
+
+    def _publish_change(self, tracker: LabelTracker, change: ChangeEvent | None) -> None:
+        state = tracker.state
+        if change is None or state is None:
+            return
+        log.debug(
+            "stream %s: %s %s -> %s", change.stream, change.type, change.previous, change.label
+        )
+        for worker in self.sinks:
+            worker.put_change(change, state)
+
+
+def _source_key(config: SourceConfig) -> dict[str, object]:
+    """Return what restarts a source when it changes (label rules apply without one)."""
+    return config.model_dump(exclude={"labels", "smoothing", "allow_offline"})
+
+
+def _describe_reload(result: ReloadResult) -> str:
+    parts = [
+        f"{name} {', '.join(streams)}"
+        for name, streams in (
+            ("added", result.added),
+            ("removed", result.removed),
+            ("restarted", result.restarted),
+        )
+        if streams
+    ]
+    if result.sinks_added or result.sinks_removed:
+        parts.append(f"sinks +{result.sinks_added} -{result.sinks_removed}")
+    if result.model_reloaded:
+        parts.append("model reloaded")
+    return "; ".join(parts) or "nothing changed"
+
+
+def _interrupt(source: Source) -> None:
+    """Make a source that may be waiting on a network or device return soon (if it can)."""
+    stop = getattr(source, "stop", None)
+    if callable(stop):
+        stop()

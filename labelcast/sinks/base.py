@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from labelcast.pipeline.frames import Frame, LabelEvent, StreamStatus
+from labelcast.pipeline.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
 
 
 class Sink(Protocol):
@@ -24,6 +24,15 @@ class Sink(Protocol):
 
     def send_status(self, status: StreamStatus) -> None:
         """Deliver a change of a stream's state (sinks without a status channel ignore it)."""
+        ...
+
+    def send_change(self, change: ChangeEvent, state: LabelState) -> None:
+        """Deliver a change of a stream's smoothed label and the stream's new state.
+
+        Called in order with the stream's label events, after the event whose frame
+        confirmed the change. Sinks with a retained channel publish ``state`` there;
+        sinks without a change channel ignore both.
+        """
         ...
 
     def close(self) -> None:

@@ -4,24 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from labelcast.pipeline.frames import Frame, LabelEvent, StreamStatus
+from labelcast.pipeline.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
 
 
 class CallbackSink:
-    """Calls a function with each event on the sink's thread; lossless."""
+    """Calls functions with each event and each change on the sink's thread; lossless.
+
+    ``callback`` gets every ``LabelEvent``; ``on_change`` (optional) gets every
+    ``ChangeEvent`` with the stream's new ``LabelState``. Either may be None.
+    """
 
     lossless = True
 
-    def __init__(self, callback: Callable[[LabelEvent], object], name: str = "callback") -> None:
+    def __init__(
+        self,
+        callback: Callable[[LabelEvent], object] | None,
+        name: str = "callback",
+        *,
+        on_change: Callable[[ChangeEvent, LabelState], object] | None = None,
+    ) -> None:
         self.name = name
         self._callback = callback
+        self._on_change = on_change
 
     def send(self, event: LabelEvent, frame: Frame) -> None:
         """Call the callback with the event."""
-        self._callback(event)
+        if self._callback is not None:
+            self._callback(event)
 
     def send_status(self, status: StreamStatus) -> None:
         """Stream states are not label events: this sink ignores them."""
+
+    def send_change(self, change: ChangeEvent, state: LabelState) -> None:
+        """Call ``on_change`` with the change and the new state."""
+        if self._on_change is not None:
+            self._on_change(change, state)
 
     def close(self) -> None:
         """Nothing to release."""

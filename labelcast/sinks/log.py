@@ -1,4 +1,4 @@
-"""The log sink: label events as JSON Lines, to a file or stdout."""
+"""The log sink: label events (and, if asked, change events) as JSON Lines, to a file or stdout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Literal, TextIO
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelcast.errors import SinkError
-from labelcast.pipeline.frames import Frame, LabelEvent, StreamStatus
+from labelcast.pipeline.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
 
 
 class LogSinkConfig(BaseModel):
@@ -21,6 +21,13 @@ class LogSinkConfig(BaseModel):
     path: Annotated[
         str, Field(description='File to append JSON Lines to; "-" writes to stdout.')
     ] = "-"
+    events: Annotated[
+        bool,
+        Field(
+            description="Also write change events (labelcast.change/1) as lines of their own, "
+            "in order with the label events."
+        ),
+    ] = False
 
 
 class LogSink:
@@ -30,6 +37,7 @@ class LogSink:
 
     def __init__(self, config: LogSinkConfig) -> None:
         self.name = f"log:{config.path}"
+        self._changes = config.events
         self._owns_stream = config.path != "-"
         self._stream: TextIO
         if self._owns_stream:
@@ -44,8 +52,19 @@ class LogSink:
 
     def send(self, event: LabelEvent, frame: Frame) -> None:
         """Write the event as one line and flush it, so a reader sees whole lines."""
+        self._write(event.to_json())
+
+    def send_change(self, change: ChangeEvent, state: LabelState) -> None:
+        """Write the change event as one line if the config says ``events: true``.
+
+        The state is not written: it is the change's ``label``, ``score`` and ``since``.
+        """
+        if self._changes:
+            self._write(change.to_json())
+
+    def _write(self, line: str) -> None:
         try:
-            self._stream.write(event.to_json() + "\n")
+            self._stream.write(line + "\n")
             self._stream.flush()
         except (OSError, ValueError) as exc:
             raise SinkError(f"{self.name}: write failed ({exc})") from exc

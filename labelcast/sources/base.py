@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Annotated, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelcast.pipeline.frames import Frame
+from labelcast.pipeline.postprocess import LabelsConfig
 from labelcast.pipeline.sampler import SampleConfig
+from labelcast.pipeline.smoothing import SmoothingConfig
+
+# ``all`` decodes every frame; ``keyframes`` makes FFmpeg's decoder skip every frame that
+# is not a key frame (``skip_frame=NONKEY``), for streams sampled at or below their
+# key frame rate.
+DecodeMode = Literal["all", "keyframes"]
 
 
 class SourceConfigBase(BaseModel):
-    """Fields every source has: its stream id and its sampling rule."""
+    """Fields every source has: its stream id, its sampling rule, and label overrides."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -32,6 +39,24 @@ class SourceConfigBase(BaseModel):
         int,
         Field(ge=1, le=1024, description="Sampled frames buffered before the classifier."),
     ] = 8
+    allow_offline: Annotated[
+        bool,
+        Field(description="Readiness (/readyz) ignores this stream being offline or reconnecting."),
+    ] = False
+    labels: Annotated[
+        LabelsConfig | None,
+        Field(
+            description="This stream's label rules: the keys set here replace the pipeline's "
+            "labels keys of the same name; the others are inherited."
+        ),
+    ] = None
+    smoothing: Annotated[
+        SmoothingConfig | None,
+        Field(
+            description="This stream's smoothing: the keys set here replace the pipeline's "
+            "smoothing keys (setting method drops the pipeline's alpha and window)."
+        ),
+    ] = None
 
 
 class Source(Protocol):
@@ -44,6 +69,11 @@ class Source(Protocol):
     never colour-converted. A file source's iterator ends at the end of the file; a
     live source's never ends on its own. ``live`` tells the runner whether frames may
     be dropped (oldest first) when the classifier is behind.
+
+    A source whose ``__enter__`` or ``frames()`` may wait on a network or a device
+    (the live sources) also has ``stop()``: thread-safe and non-blocking, it makes
+    both return soon. The runner calls it when the pipeline stops; it is optional,
+    so sources that never wait long (files) need not have it.
     """
 
     stream_id: str

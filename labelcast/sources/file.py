@@ -20,7 +20,7 @@ from pydantic import Field
 from labelcast.errors import SourceError
 from labelcast.pipeline.frames import Frame, StreamState
 from labelcast.pipeline.sampler import Sampler
-from labelcast.sources.base import SourceConfigBase
+from labelcast.sources.base import DecodeMode, SourceConfigBase
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ class FileSourceConfig(SourceConfigBase):
 
     type: Literal["file"] = "file"
     path: Annotated[str, Field(description="Path of the video file (relative to the working dir).")]
+    decode: Annotated[
+        DecodeMode,
+        Field(description="all: decode every frame; keyframes: decode key frames only."),
+    ] = "all"
 
 
 class FileSource:
@@ -52,6 +56,7 @@ class FileSource:
         self.stream_id = config.id
         self._path = Path(config.path)
         self._sampler = Sampler(config.sample)
+        self._keyframes = config.decode == "keyframes"
         self._container: av.container.InputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self.frames_decoded = 0
@@ -71,7 +76,10 @@ class FileSource:
             raise SourceError(f"stream {self.stream_id!r}: {self._path} has no video stream")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
-        self.frame_count_hint = self._stream.frames or None
+        if self._keyframes:
+            self._stream.codec_context.skip_frame = "NONKEY"
+        # With key frames only, how many frames will be decoded is not known up front.
+        self.frame_count_hint = None if self._keyframes else self._stream.frames or None
         return self
 
     def __exit__(
@@ -91,9 +99,15 @@ class FileSource:
             raise RuntimeError("FileSource.frames() called outside its context")
         rate = float(stream.average_rate or 25)
         last_pts: float | None = None
+        last_packet_pts: float | None = None
         bad_packets = 0
         try:
             for packet in container.demux(stream):
+                if self._keyframes and packet.pts is not None and packet.time_base is not None:
+                    # The last key frame is up to a GOP before the end: judge truncation
+                    # by the packets read instead.
+                    packet_pts = float(packet.pts * packet.time_base)
+                    last_packet_pts = max(last_packet_pts or packet_pts, packet_pts)
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as exc:
@@ -132,7 +146,7 @@ class FileSource:
                 bad_packets,
                 self._path,
             )
-        self._warn_if_cut_short(stream, last_pts, rate)
+        self._warn_if_cut_short(stream, last_packet_pts if self._keyframes else last_pts, rate)
 
     def _warn_if_cut_short(
         self, stream: av.video.stream.VideoStream, last_pts: float | None, rate: float

@@ -1,0 +1,898 @@
+#!/usr/bin/env python
+"""Throughput benchmark: the bare model, labelcast end to end, and a naive OpenCV loop.
+
+One run measures three things on the same machine, with the same clips and model:
+
+(a) ``bare``: the model's forward pass on preprocessed tensors already on the device, at
+    the configured batch size and precision (warm-up first, then timed iterations);
+(b) ``e2e``: labelcast itself, N file streams of 720p H.264 through ``labelcast.Pipeline``
+    with a callback sink that records each event (frames/s, latency p50/p99, peak RSS);
+(c) ``naive``: what a user would write: an OpenCV read loop, sampling by frame index,
+    transformers' ``BeitImageProcessorPil`` per frame and the model one frame at a time
+    (fp32 on CPU, fp16 on CUDA).
+
+Each phase runs in a child process of its own, so peak RSS is that phase's alone and no
+phase's threads or allocator state leak into another. Clips (made with
+``tests/media.make_clip``) and the model are cached in ``--workdir`` (default
+``bench/.work``).
+
+Without ``--model`` the model is a randomly initialised ``BeitForImageClassification`` of
+the microsoft/beit-base-patch16-224 architecture with the hub's preprocessing config:
+random weights, the same compute as the real checkpoint. Every figure comes from real
+forward passes; nothing is simulated.
+
+    python bench/bench.py                       # 4 streams x 20 s, 2 fps sampling
+    python bench/bench.py --seconds 10 --json out.json
+    python bench/bench.py --quick               # a smoke run of a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+# Not ".cache": labelcast.pipeline.checkpoint skips files under any ".cache" folder.
+DEFAULT_WORKDIR = Path(__file__).resolve().parent / ".work"
+SCHEMA = "labelcast.bench/1"
+
+CLIP_FPS = 30
+CLIP_SIZE = (720, 1280)  # (height, width): 720p
+DEFAULT_MAX_WAIT_MS = 50.0
+
+# microsoft/beit-base-patch16-224 as its config.json on the hub describes it. BeitConfig's
+# defaults match all of it except use_relative_position_bias (default False) and
+# num_labels (default 2), which are passed explicitly; the rest is checked, not assumed.
+BEIT_BASE_OVERRIDES: dict[str, Any] = {"use_relative_position_bias": True, "num_labels": 1000}
+BEIT_BASE: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "patch_size": 16,
+    "image_size": 224,
+    "num_channels": 3,
+    "use_relative_position_bias": True,
+    "use_shared_relative_position_bias": False,
+    "use_absolute_position_embeddings": False,
+    "use_mean_pooling": True,
+    "layer_scale_init_value": 0.1,
+    "layer_norm_eps": 1e-12,
+    "num_labels": 1000,
+}
+# The hub's preprocessor_config.json of microsoft/beit-base-patch16-224.
+HUB_PREPROCESSOR_CONFIG: dict[str, Any] = {
+    "crop_size": 224,
+    "do_center_crop": False,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "BeitFeatureExtractor",
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "resample": 2,
+    "size": 224,
+}
+RANDOM_MODEL_NAME = "beit-base-patch16-224-random"
+RANDOM_WEIGHTS_NOTE = (
+    "random weights (randomly initialised BeitForImageClassification of the "
+    "microsoft/beit-base-patch16-224 architecture): same compute as the real checkpoint, "
+    "meaningless labels"
+)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/bench.py",
+        description="Benchmark labelcast against the bare model and a naive OpenCV loop.",
+    )
+    parser.add_argument("--streams", type=int, help="file streams for e2e/naive (default 4)")
+    parser.add_argument("--seconds", type=float, help="length of each clip (default 20)")
+    parser.add_argument("--fps", type=float, help="sampling rate, frames/s of video (default 2)")
+    parser.add_argument("--batch", type=int, help="batch size, model.batch.max_size (default 32)")
+    parser.add_argument(
+        "--max-wait-ms", type=float, help=f"model.batch.max_wait_ms (default {DEFAULT_MAX_WAIT_MS})"
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp16", "bf16", "fp32", "int8"],
+        help="model.precision for bare and e2e (default auto: fp16 on CUDA, fp32 on CPU)",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint directory with real weights (default: random-weight BEiT-base)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache for clips and the model"
+    )
+    parser.add_argument("--skip-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument("--warmup", type=int, help="bare: warm-up iterations (default 2)")
+    parser.add_argument("--iters", type=int, help="bare: least timed iterations (default 5)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    # Internal: a phase run in a child process.
+    parser.add_argument("--phase", choices=["bare", "e2e", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--settings", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--phase-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phase is None:
+        for name in ("streams", "batch", "warmup", "iters"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                parser.error(f"--{name} must be at least 1")
+        for name in ("seconds", "fps"):
+            value = getattr(args, name)
+            if value is not None and value <= 0:
+                parser.error(f"--{name} must be positive")
+    return args
+
+
+def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill in the defaults (smaller ones with --quick) of everything a phase needs."""
+    quick = args.quick
+
+    def pick(value: Any, normal: Any, small: Any) -> Any:
+        return value if value is not None else (small if quick else normal)
+
+    return {
+        "quick": quick,
+        "streams": pick(args.streams, 4, 2),
+        "seconds": pick(args.seconds, 20.0, 2.0),
+        "clip_fps": CLIP_FPS,
+        "clip_size": list(CLIP_SIZE),
+        "sample_fps": pick(args.fps, 2.0, 2.0),
+        "batch": pick(args.batch, 32, 4),
+        "max_wait_ms": pick(args.max_wait_ms, DEFAULT_MAX_WAIT_MS, DEFAULT_MAX_WAIT_MS),
+        "precision": args.precision,
+        "device": args.device,
+        "warmup": pick(args.warmup, 2, 1),
+        "min_iters": pick(args.iters, 5, 2),
+        "min_seconds": 0.0 if quick else 10.0,
+        "max_iters": 200,
+        "skip_naive": args.skip_naive,
+    }
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def prepare_clips(workdir: Path, settings: dict[str, Any]) -> list[Path]:
+    """Make (or reuse) one 720p H.264 slideshow clip per stream, each in its own photo order."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from media import PHOTOS, make_clip
+
+    height, width = settings["clip_size"]
+    clips = []
+    for index in range(settings["streams"]):
+        shift = index % len(PHOTOS)
+        photos = PHOTOS[shift:] + PHOTOS[:shift]
+        name = (
+            f"clip{shift}-{width}x{height}-{settings['seconds']:g}s-{settings['clip_fps']}fps.mp4"
+        )
+        path = workdir / "clips" / name
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log(f"making clip {path} ...")
+            partial = path.with_name(f".{path.stem}.{os.getpid()}.mp4")
+            make_clip(
+                partial,
+                seconds=settings["seconds"],
+                fps=settings["clip_fps"],
+                size=(height, width),
+                photos=photos,
+            )
+            os.replace(partial, path)
+        clips.append(path)
+    return clips
+
+
+def prepare_model(workdir: Path) -> Path:
+    """Save (or reuse) a random-weight BEiT-base classifier with the hub's preprocessing."""
+    target = workdir / RANDOM_MODEL_NAME
+    if (target / "config.json").is_file() and (target / "preprocessor_config.json").is_file():
+        return target
+    import torch
+    from transformers import BeitConfig, BeitForImageClassification
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+    log(f"making a random-weight BEiT-base in {target} ...")
+    config = BeitConfig(**BEIT_BASE_OVERRIDES)
+    wrong = {
+        key: (getattr(config, key), expected)
+        for key, expected in BEIT_BASE.items()
+        if getattr(config, key) != expected
+    }
+    if wrong:
+        raise SystemExit(f"BeitConfig does not describe beit-base-patch16-224: {wrong}")
+    torch.manual_seed(0)
+    model = BeitForImageClassification(config).eval()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{RANDOM_MODEL_NAME}.", dir=target.parent))
+    model.save_pretrained(partial)
+    (partial / "preprocessor_config.json").write_text(
+        json.dumps(HUB_PREPROCESSOR_CONFIG, indent=2) + "\n", encoding="utf-8"
+    )
+    os.replace(partial, target)
+    return target
+
+
+def describe_model(model_dir: Path, random_weights: bool) -> dict[str, Any]:
+    """Architecture, parameter count (from the safetensors headers) and where weights came from."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    keys = [*BEIT_BASE, "model_type"]
+    architecture = {key: config[key] for key in keys if key in config}
+    architecture["num_labels"] = len(config.get("id2label", {})) or config.get("num_labels")
+    params = 0
+    for path in model_dir.glob("*.safetensors"):
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        params += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return {
+        "path": str(model_dir),
+        "architectures": config.get("architectures"),
+        "architecture": architecture,
+        "parameters": params or None,
+        "random_weights": random_weights,
+        "matches_beit_base": all(architecture.get(k) == v for k, v in BEIT_BASE.items()),
+        "note": RANDOM_WEIGHTS_NOTE if random_weights else f"weights from {model_dir}",
+    }
+
+
+def decode_sampled(clips: Sequence[Path], count: int, sample_fps: float) -> list[Any]:
+    """Decode up to ``count`` sampled RGB frames spread over the clips (repeated if short)."""
+    import av
+
+    per_clip = math.ceil(count / len(clips))
+    frames: list[Any] = []
+    for clip in clips:
+        with av.open(str(clip)) as container:
+            stream = container.streams.video[0]
+            step = max(1, round(float(stream.average_rate or CLIP_FPS) / sample_fps))
+            taken = 0
+            for index, frame in enumerate(container.decode(stream)):
+                if index % step == 0:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    taken += 1
+                    if taken >= per_clip:
+                        break
+    return [frames[i % len(frames)] for i in range(count)]
+
+
+def sampled_count(frame_count: int, video_fps: float, sample_fps: float) -> int:
+    """How many of ``frame_count`` frames sampling by index at ``sample_fps`` takes."""
+    return len({sample_slot(i, video_fps, sample_fps) for i in range(frame_count)})
+
+
+def sample_slot(index: int, video_fps: float, sample_fps: float) -> int:
+    """The sampling slot of frame ``index``: a frame is taken when its slot is new."""
+    return math.floor(index * sample_fps / video_fps + 1e-9)
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def phase_bare(settings: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from labelcast.pipeline.classifier import Classifier
+
+    classifier = Classifier.load(model_config(settings))
+    device = torch.device(classifier.info.device)
+    sync = _synchronizer(device)
+    batch = settings["batch"]
+    frames = decode_sampled(settings["clips"], batch, settings["sample_fps"])
+
+    preprocess_times = []
+    for _ in range(2 if settings["quick"] else 3):
+        started = time.perf_counter()
+        pixels = classifier.preprocess(frames)
+        sync()
+        preprocess_times.append(time.perf_counter() - started)
+
+    for _ in range(settings["warmup"]):
+        classifier.forward(pixels)
+    sync()
+    times: list[float] = []
+    began = time.perf_counter()
+    while len(times) < settings["min_iters"] or (
+        time.perf_counter() - began < settings["min_seconds"] and len(times) < settings["max_iters"]
+    ):
+        started = time.perf_counter()
+        logits = classifier.forward(pixels)
+        sync()
+        times.append(time.perf_counter() - started)
+    if not torch.isfinite(logits.float()).all():
+        raise SystemExit("bare: the model produced non-finite logits")
+    return {
+        "frames_per_s": batch * len(times) / sum(times),
+        "batch": batch,
+        "input_shape": list(pixels.shape),
+        "input_dtype": str(pixels.dtype).removeprefix("torch."),
+        "warmup_iterations": settings["warmup"],
+        "iterations": len(times),
+        "ms_per_batch": _summary([t * 1000 for t in times]),
+        "preprocess_ms_per_batch": _summary([t * 1000 for t in preprocess_times]),
+        "device": str(device),
+        "precision": classifier.info.precision,
+        **_process_info(device),
+    }
+
+
+def phase_e2e(settings: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    import yaml
+
+    from labelcast import LabelEvent, Pipeline, parse_config
+    from labelcast.pipeline.classifier import Classifier
+
+    sources = [
+        {
+            "id": f"cam{i}",
+            "type": "file",
+            "path": str(clip),
+            "sample": {"fps": settings["sample_fps"]},
+        }
+        for i, clip in enumerate(settings["clips"])
+    ]
+    raw = {
+        "name": "bench",
+        "model": model_config(settings).model_dump(),
+        "sources": sources,
+        "labels": {"top_k": 5},
+        "sinks": [],
+    }
+    config = parse_config(yaml.safe_dump(raw, sort_keys=False), "bench")
+
+    # Load and warm up the model first, as a running daemon would have: the figure is
+    # the steady-state rate, not start-up time (reported apart).
+    started = time.perf_counter()
+    classifier = Classifier.load(config.model)
+    load_s = time.perf_counter() - started
+    device = torch.device(classifier.info.device)
+    warm_frames = decode_sampled(settings["clips"], settings["batch"], settings["sample_fps"])
+    classifier.classify(warm_frames)
+    del warm_frames
+
+    # Where the classifier thread spends its time; synchronised on CUDA so that each
+    # part is timed for real (classify() waits for the GPU at its end anyway).
+    timings: dict[str, list[float]] = {"preprocess": [], "forward": [], "classify": []}
+    batch_sizes: list[int] = []
+    sync = _synchronizer(device)
+
+    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            result = function(*args, **kwargs)
+            sync()
+            timings[name].append(time.perf_counter() - started)
+            if name == "classify":
+                batch_sizes.append(len(args[0]))
+            return result
+
+        return wrapper
+
+    for name in timings:
+        setattr(classifier, name, timed(name, getattr(classifier, name)))
+
+    events: list[tuple[str, int, float, float, int | None, float]] = []
+
+    def record(event: LabelEvent) -> None:
+        top = event.labels[0].class_id if event.labels else None
+        events.append(
+            (event.stream, event.seq, event.pts, event.latency_ms, top, time.perf_counter())
+        )
+
+    pipeline = Pipeline(config, on_event=record, classifier=classifier)
+    started = time.perf_counter()
+    pipeline.start()
+    pipeline.wait()
+    wall_s = time.perf_counter() - started
+    if pipeline.failed_streams:
+        raise SystemExit(f"e2e: streams failed: {pipeline.failed_streams}")
+    if not events:
+        raise SystemExit("e2e: the pipeline classified no frames")
+
+    by_stream: dict[str, list[int]] = {}
+    for stream, seq, *_ in events:
+        by_stream.setdefault(stream, []).append(seq)
+    gapless = all(sorted(seqs) == list(range(1, len(seqs) + 1)) for seqs in by_stream.values())
+    latencies = np.array([e[3] for e in events])
+    decoded = sum(s.decoded for s in pipeline.stats.values())
+    busy = sum(timings["classify"])
+    return {
+        "frames_per_s": len(events) / wall_s,
+        "frames": len(events),
+        "frames_per_stream": {s: len(v) for s, v in sorted(by_stream.items())},
+        "seq_gapless": gapless,
+        "wall_s": wall_s,
+        "first_event_s": min(e[5] for e in events) - started,
+        "model_load_s": load_s,
+        "latency_ms": {
+            "p50": float(np.percentile(latencies, 50)),
+            "p99": float(np.percentile(latencies, 99)),
+            "max": float(latencies.max()),
+        },
+        "decoded_frames": decoded,
+        "decoded_frames_per_s": decoded / wall_s,
+        "batch_stats": _batch_stats(pipeline),
+        "batches": len(batch_sizes),
+        "mean_batch": sum(batch_sizes) / max(len(batch_sizes), 1),
+        "classifier": {
+            "busy_s": busy,
+            "busy_share": busy / wall_s,
+            "preprocess_s": sum(timings["preprocess"]),
+            "forward_s": sum(timings["forward"]),
+            "softmax_and_copy_s": busy - sum(timings["preprocess"]) - sum(timings["forward"]),
+            "forward_frames_per_s": len(events) / max(sum(timings["forward"]), 1e-9),
+        },
+        "top1": [[e[0], round(e[2], 3), e[4]] for e in events],
+        "device": str(device),
+        "precision": classifier.info.precision,
+        **_process_info(device),
+    }
+
+
+def phase_naive(settings: dict[str, Any]) -> dict[str, Any]:
+    """The loop a user would write first: OpenCV, the PIL image processor, batch size 1."""
+    import cv2
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+    from labelcast.pipeline.classifier import resolve_device
+
+    model_dir = settings["model_dir"]
+    device = resolve_device(settings["device"])
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    started = time.perf_counter()
+    model = AutoModelForImageClassification.from_pretrained(model_dir)
+    model = model.eval().to(device=device, dtype=dtype)
+    processor_config = json.loads(
+        (Path(model_dir) / "preprocessor_config.json").read_text(encoding="utf-8")
+    )
+    kind = processor_config.get("image_processor_type") or processor_config.get(
+        "feature_extractor_type", ""
+    )
+    if kind.startswith("Beit"):
+        from transformers import BeitImageProcessorPil
+
+        processor = BeitImageProcessorPil.from_pretrained(model_dir)
+    else:
+        processor = AutoImageProcessor.from_pretrained(model_dir)
+    load_s = time.perf_counter() - started
+
+    def classify(rgb: Any) -> tuple[int, float]:
+        inputs = processor(images=rgb, return_tensors="pt")
+        pixel_values = inputs["pixel_values"].to(device=device, dtype=dtype)
+        with torch.inference_mode():
+            logits = model(pixel_values=pixel_values).logits
+        probs = logits.float().softmax(dim=-1)[0]
+        score, class_id = probs.max(dim=0)
+        return int(class_id), float(score)
+
+    # One warm-up frame, so the figure is not the first call's set-up cost.
+    for frame in decode_sampled(settings["clips"][:1], settings["warmup"], settings["sample_fps"]):
+        classify(frame)
+
+    top1: list[list[Any]] = []
+    decoded = 0
+    started = time.perf_counter()
+    for stream, clip in enumerate(settings["clips"]):
+        capture = cv2.VideoCapture(str(clip))
+        if not capture.isOpened():
+            raise SystemExit(f"naive: OpenCV cannot open {clip}")
+        video_fps = capture.get(cv2.CAP_PROP_FPS) or CLIP_FPS
+        index, last_slot = 0, -1
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            slot = sample_slot(index, video_fps, settings["sample_fps"])
+            if slot != last_slot:
+                last_slot = slot
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                class_id, _score = classify(rgb)
+                top1.append([f"cam{stream}", round(index / video_fps, 3), class_id])
+            index += 1
+        decoded += index
+        capture.release()
+    wall_s = time.perf_counter() - started
+    if not top1:
+        raise SystemExit("naive: no frames were classified")
+    return {
+        "frames_per_s": len(top1) / wall_s,
+        "frames": len(top1),
+        "wall_s": wall_s,
+        "model_load_s": load_s,
+        "decoded_frames": decoded,
+        "processor": type(processor).__name__,
+        "top1": top1,
+        "device": str(device),
+        "precision": "fp16" if dtype == torch.float16 else "fp32",
+        **_process_info(device),
+    }
+
+
+PHASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "bare": phase_bare,
+    "e2e": phase_e2e,
+    "naive": phase_naive,
+}
+
+
+def model_config(settings: dict[str, Any]) -> Any:
+    from labelcast.pipeline.classifier import ModelConfig
+
+    return ModelConfig.model_validate(
+        {
+            "id": settings["model_dir"],
+            "device": settings["device"],
+            "precision": settings["precision"],
+            "batch": {"max_size": settings["batch"], "max_wait_ms": settings["max_wait_ms"]},
+        }
+    )
+
+
+def _batch_stats(pipeline: Any) -> dict[str, Any] | None:
+    """The pipeline's own batch counters, where this version of labelcast keeps them."""
+    stats = getattr(pipeline, "batch_stats", None)
+    if stats is None or not dataclasses.is_dataclass(stats) or isinstance(stats, type):
+        return None
+    return dataclasses.asdict(stats)
+
+
+def _synchronizer(device: Any) -> Callable[[], None]:
+    import torch
+
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "min": ordered[0],
+        "p50": ordered[len(ordered) // 2],
+        "max": ordered[-1],
+        "mean": sum(ordered) / len(ordered),
+    }
+
+
+def _process_info(device: Any) -> dict[str, Any]:
+    """Peak RSS of this (phase) process, torch's thread count, the device's name and memory."""
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mb = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+    info: dict[str, Any] = {"peak_rss_mb": rss_mb, "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        info["device_name"] = "cpu"
+    return info
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_phase(name: str, settings_file: Path, scratch: Path) -> dict[str, Any]:
+    """Run one phase in a child process of its own and return what it measured."""
+    out = scratch / f"{name}.json"
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--phase",
+        name,
+        "--settings",
+        str(settings_file),
+        "--phase-out",
+        str(out),
+    ]
+    log(f"phase {name} ...")
+    started = time.perf_counter()
+    cpu_before, ours_before = read_cpu_times(), own_cpu_seconds()
+    completed = subprocess.run(command, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"bench: phase {name} failed (exit {completed.returncode})")
+    result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    result["phase_wall_s"] = time.perf_counter() - started
+    result["cpu_during_phase"] = cpu_accounting(
+        cpu_before, read_cpu_times(), own_cpu_seconds() - ours_before
+    )
+    return result
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = platform.processor() or platform.machine()
+    memory_gb = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    memory_gb = round(int(line.split()[1]) / 2**20, 1)
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("torch", "transformers", "av", "opencv-python-headless", "numpy", "labelcast"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu_model": cpu_model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "memory_gb": memory_gb,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def read_cpu_times() -> list[int] | None:
+    """The machine's aggregate CPU times (USER_HZ ticks) from /proc/stat, or None."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    return [int(v) for v in fields[1:9]] if fields and fields[0] == "cpu" else None
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds used by this process and its finished children (the phases)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def cpu_accounting(
+    before: list[int] | None, after: list[int] | None, ours_s: float
+) -> dict[str, Any] | None:
+    """How the machine's CPU time went between two readings: this benchmark, others, steal.
+
+    ``ours_s`` is the CPU time the benchmark used meanwhile. ``others_share`` is CPU
+    time used by other processes, as a share of all CPU time; ``steal_share`` is time
+    the hypervisor gave to other guests. Either above a few percent: noisy figures.
+    """
+    if before is None or after is None:
+        return None
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    user, nice, system, idle, iowait, irq, softirq, steal = delta
+    total = sum(delta)
+    if total <= 0:
+        return None
+    ours = ours_s * os.sysconf("SC_CLK_TCK")
+    busy = user + nice + system + irq + softirq
+    return {
+        "benchmark_share": min(ours / total, 1.0),
+        "others_share": max(busy - ours, 0) / total,
+        "steal_share": steal / total,
+        "idle_share": (idle + iowait) / total,
+    }
+
+
+def agreement(e2e: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
+    """Top-1 agreement of e2e and naive on the frames both classified (same stream and pts)."""
+    labelcast_top1 = {(s, pts): c for s, pts, c in e2e["top1"]}
+    naive_top1 = {(s, pts): c for s, pts, c in naive["top1"]}
+    common = labelcast_top1.keys() & naive_top1.keys()
+    same = sum(labelcast_top1[k] == naive_top1[k] for k in common)
+    return {
+        "frames_compared": len(common),
+        "top1_agreement": same / len(common) if common else None,
+        "distinct_top1_e2e": len(set(labelcast_top1.values())),
+        "distinct_top1_naive": len(set(naive_top1.values())),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.phase is not None:
+        if args.settings is None or args.phase_out is None:
+            raise SystemExit("--phase needs --settings and --phase-out")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        sys.path.insert(0, str(REPO))
+        settings = json.loads(args.settings.read_text(encoding="utf-8"))
+        from labelcast import LabelcastError
+
+        try:
+            result = PHASES[args.phase](settings)
+        except LabelcastError as exc:
+            log(f"phase {args.phase}: {exc}")
+            return 2
+        args.phase_out.write_text(json.dumps(result), encoding="utf-8")
+        return 0
+
+    settings = resolve_settings(args)
+    started_at = time.time()
+    cpu_before = read_cpu_times()
+    machine = machine_info()
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.model is not None:
+        model_dir = args.model.resolve()
+        if not (model_dir / "config.json").is_file():
+            raise SystemExit(f"--model {args.model}: not a checkpoint directory (no config.json)")
+        if not (model_dir / "preprocessor_config.json").is_file():
+            raise SystemExit(f"--model {args.model}: no preprocessor_config.json")
+    else:
+        model_dir = prepare_model(workdir)
+    model = describe_model(model_dir, random_weights=args.model is None)
+    clips = prepare_clips(workdir, settings)
+    settings["model_dir"] = str(model_dir)
+    settings["clips"] = [str(c) for c in clips]
+
+    with tempfile.TemporaryDirectory(prefix="labelcast-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        settings_file = scratch / "settings.json"
+        settings_file.write_text(json.dumps(settings), encoding="utf-8")
+        bare = run_phase("bare", settings_file, scratch)
+        e2e = run_phase("e2e", settings_file, scratch)
+        naive = None if settings["skip_naive"] else run_phase("naive", settings_file, scratch)
+
+    machine["load_average_at_end"] = list(os.getloadavg())
+    machine["cpu_during_run"] = cpu_accounting(cpu_before, read_cpu_times(), own_cpu_seconds())
+    machine["device_name"] = bare["device_name"]
+    machine["torch_threads"] = bare["torch_threads"]
+    expected = settings["streams"] * sampled_count(
+        round(settings["seconds"] * CLIP_FPS), CLIP_FPS, settings["sample_fps"]
+    )
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+        "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+        "machine": machine,
+        "model": model,
+        "settings": {k: v for k, v in settings.items() if k not in ("clips", "model_dir")},
+        "clips": settings["clips"],
+        "expected_frames": expected,
+        "bare": bare,
+        "e2e": {k: v for k, v in e2e.items() if k != "top1"},
+        "naive": None if naive is None else {k: v for k, v in naive.items() if k != "top1"},
+        "ratios": {
+            "e2e_over_bare": e2e["frames_per_s"] / bare["frames_per_s"],
+            "e2e_over_naive": None
+            if naive is None
+            else e2e["frames_per_s"] / naive["frames_per_s"],
+        },
+        "e2e_vs_naive": None if naive is None else agreement(e2e, naive),
+    }
+    print(report(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        log(f"wrote {args.json}")
+    return 0
+
+
+def report(r: dict[str, Any]) -> str:
+    s, m, model = r["settings"], r["machine"], r["model"]
+    bare, e2e, naive = r["bare"], r["e2e"], r["naive"]
+    height, width = s["clip_size"]
+    arch = model["architecture"]
+    if model["random_weights"]:
+        params = f"{model['parameters'] / 1e6:.1f}M params" if model["parameters"] else ""
+        model_line = (
+            f"model: BeitForImageClassification, beit-base-patch16-224 architecture "
+            f"({arch.get('num_hidden_layers')} layers, hidden {arch.get('hidden_size')}, "
+            f"{params}), RANDOM WEIGHTS: same compute as the real checkpoint"
+        )
+    else:
+        model_line = f"model: {model['path']} (weights as saved there)"
+    load = m["load_average_at_start"][0]
+    lines = [
+        "labelcast benchmark" + (" (--quick smoke run: figures mean little)" if s["quick"] else ""),
+        model_line,
+        f"machine: {m['cpu_model']}, {m['usable_cores']} cores, torch {m['versions']['torch']} "
+        f"({bare['torch_threads']} threads), transformers {m['versions']['transformers']}; "
+        f"device {bare['device']}"
+        + (f" ({bare['device_name']})" if bare["device_name"] != "cpu" else ""),
+        f"clips: {s['streams']} x {s['seconds']:g} s {width}x{height} H.264 at {s['clip_fps']} "
+        f"fps, sampled at {s['sample_fps']:g} fps -> {e2e['frames']} frames "
+        f"(expected {r['expected_frames']})",
+        "",
+        f"{'':44}{'frames/s':>10}{'peak RSS':>12}{'CPU to others':>15}",
+        f"{'(a) bare model, batch ' + str(bare['batch']) + ', ' + bare['precision']:44}"
+        f"{bare['frames_per_s']:10.2f}{bare['peak_rss_mb']:9.0f} MB{_others(bare):>15}",
+        f"{'(b) labelcast e2e, ' + str(s['streams']) + ' streams, ' + e2e['precision']:44}"
+        f"{e2e['frames_per_s']:10.2f}{e2e['peak_rss_mb']:9.0f} MB{_others(e2e):>15}",
+    ]
+    if naive is not None:
+        lines.append(
+            f"{'(c) naive cv2 + BeitImageProcessorPil, ' + naive['precision']:44}"
+            f"{naive['frames_per_s']:10.2f}{naive['peak_rss_mb']:9.0f} MB{_others(naive):>15}"
+        )
+    else:
+        lines.append("(c) naive baseline skipped (--skip-naive)")
+    ratios = r["ratios"]
+    lat = e2e["latency_ms"]
+    c = e2e["classifier"]
+    lines += [
+        "",
+        f"e2e/bare  = {ratios['e2e_over_bare']:.2f}"
+        + (
+            f"    e2e/naive = {ratios['e2e_over_naive']:.2f}"
+            if ratios["e2e_over_naive"] is not None
+            else ""
+        ),
+        f"e2e latency (capture -> sink hand-off): p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms"
+        f" (file sources run flat out, so this includes queueing behind the model)",
+        f"e2e classifier thread: busy {c['busy_share']:.0%} of {e2e['wall_s']:.1f} s "
+        f"(preprocess {c['preprocess_s']:.1f} s, forward {c['forward_s']:.1f} s, "
+        f"softmax+copy {c['softmax_and_copy_s']:.2f} s), {e2e['batches']} batches of "
+        f"{e2e['mean_batch']:.1f} on average; decoded {e2e['decoded_frames_per_s']:.0f} frames/s",
+        f"bare: {bare['iterations']} timed batches after {bare['warmup_iterations']} warm-up, "
+        f"{bare['ms_per_batch']['p50']:.0f} ms/batch (p50); labelcast preprocess of one batch "
+        f"from {width}x{height}: {bare['preprocess_ms_per_batch']['p50']:.0f} ms",
+    ]
+    if r["e2e_vs_naive"] is not None and r["e2e_vs_naive"]["top1_agreement"] is not None:
+        agree = r["e2e_vs_naive"]
+        lines.append(
+            f"e2e vs naive top-1 agreement: {agree['top1_agreement']:.0%} of "
+            f"{agree['frames_compared']} frames; distinct top-1 classes: "
+            f"{agree['distinct_top1_e2e']} e2e, {agree['distinct_top1_naive']} naive"
+            + (" (random weights: a sanity check only)" if model["random_weights"] else "")
+        )
+    cpu = m.get("cpu_during_run")
+    if cpu is not None:
+        noisy = cpu["others_share"] + cpu["steal_share"] > 0.05 or load > 0.5
+        lines.append(
+            f"CPU during the run: benchmark {cpu['benchmark_share']:.0%}, other processes "
+            f"{cpu['others_share']:.0%}, steal {cpu['steal_share']:.0%}, idle "
+            f"{cpu['idle_share']:.0%}; load average at start {load:.2f}"
+            + (": other work was running, timings are noisy" if noisy else "")
+        )
+    return "\n".join(lines)
+
+
+def _others(phase: dict[str, Any]) -> str:
+    """CPU share other processes (and other guests, as steal) took while a phase ran."""
+    cpu = phase.get("cpu_during_phase")
+    if cpu is None:
+        return "n/a"
+    return f"{cpu['others_share'] + cpu['steal_share']:.0%}"
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Logging set-up: plain or JSON lines on stderr, tagged with pipeline and stream, rate-limited.
+
+Every record carries the pipeline name; records logged on a source's thread (named
+``source:<id>``) carry that stream. Repeated warnings and errors (same logger, same
+message template) are let through once per ``window_s`` and then summarised with a count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "huggingface_hub", "filelock", "aioice", "aiortc")
+
+
+class LogConfig(BaseModel):
+    """How labelcast logs (to stderr); ``--log-format``/``--log-level`` override these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Annotated[
+        Literal["text", "json"], Field(description="text, or one JSON object per line.")
+    ] = "text"
+    level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR"], Field(description="Lowest level logged.")
+    ] = "INFO"
+    repeat_window_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Repeats of one warning/error within this window are counted, "
+            "not logged; 0 logs every one.",
+        ),
+    ] = 60.0
+
+
+class _Context(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pipeline = "labelcast"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.pipeline = self.pipeline
+        name = record.threadName or ""
+        record.stream = name.split(":", 1)[1] if name.startswith("source:") else None
+        return True
+
+
+class _RateLimit(logging.Filter):
+    def __init__(self, window_s: float) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or self.window_s <= 0:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            first, suppressed = self._seen.get(key, (0.0, -1))
+            if suppressed >= 0 and now - first < self.window_s:
+                self._seen[key] = (first, suppressed + 1)
+                return False
+            self._seen[key] = (now, 0)
+        if suppressed > 0:
+            record.msg = f"{record.msg} (and {suppressed} more like it in the last %.0f s)"
+            record.args = (
+                (*(record.args or ()), self.window_s)
+                if isinstance(record.args, tuple)
+                else record.args
+            )
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "pipeline": getattr(record, "pipeline", None),
+            "stream": getattr(record, "stream", None),
+            "thread": record.threadName,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s [%(pipeline)s] %(name)s: %(message)s")
+
+
+_context = _Context()
+_rate_limit = _RateLimit(60.0)
+
+
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
+    """Send labelcast's logs to stderr in the given format, replacing other root handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
+    handler.addFilter(_context)
+    handler.addFilter(_rate_limit)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # These clients log every retry or ICE step; labelcast reports outcomes once.
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def apply_log_config(
+    config: LogConfig, pipeline: str, *, level: str | None = None, log_format: str | None = None
+) -> None:
+    """Apply a pipeline's ``log`` settings (command-line values win) and name the pipeline."""
+    setup_logging(level or config.level, log_format or config.format)
+    _context.pipeline = pipeline
+    _rate_limit.window_s = config.repeat_window_s

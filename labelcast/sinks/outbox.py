@@ -1,0 +1,397 @@
+"""A durable, bounded outbox of MQTT messages: SQLite in WAL mode, oldest dropped when full.
+
+The MQTT sink writes every message here before it is published and removes it
+only once the broker has acknowledged it, so a broker outage or a crash of
+labelcast (SIGKILL) loses nothing that reached the outbox. Messages come out in
+the order they went in (per stream that is ``seq`` order).
+
+One process owns an outbox file at a time (an advisory lock next to it), and
+all access goes through one SQLite connection guarded by a lock: every
+operation is a short local transaction, so the sink's thread never waits long.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+from labelcast.errors import SinkError
+
+log = logging.getLogger(__name__)
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_retained ON messages (topic) WHERE retain = 1;
+"""
+# SQLite's default page size. The WAL is checkpointed (and cut back) at a quarter of the
+# outbox bound, within SQLite's usual 1000 pages, so the WAL stays small next to the bound.
+_PAGE = 4096
+_WAL_PAGES_MIN, _WAL_PAGES_MAX = 64, 1000
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message in the outbox; ``id`` grows with every message ever added."""
+
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    created: float
+
+
+@dataclass
+class OutboxCounters:
+    """What the outbox did since it was opened (``pending`` is read from the file)."""
+
+    added: int = 0
+    delivered: int = 0
+    dropped_full: int = 0
+    dropped_expired: int = 0
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped without being published, for either bound."""
+        return self.dropped_full + self.dropped_expired
+
+
+class Outbox:
+    """Messages waiting for the broker's acknowledgement, on disk, bounded by size and age.
+
+    ``put`` appends; ``take`` hands out messages not yet handed out, oldest first
+    (dropping, counted, those older than ``max_age_s``); ``remove`` deletes
+    acknowledged ones. Messages handed out but not removed stay in the file, so a
+    crash re-publishes them on the next start.
+
+    ``max_bytes`` bounds the messages not yet handed out: beyond it ``put`` drops
+    the oldest of them. Messages handed out (at most the publisher's in-flight
+    window) come on top. Retained messages (status, state) are coalesced per topic,
+    only the newest one not handed out is kept, and are never dropped.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int,
+        max_age_s: float,
+        sync: Literal["normal", "full"] = "normal",
+        name: str = "outbox",
+    ) -> None:
+        self.path = Path(path)
+        self.name = name
+        self.counters = OutboxCounters()
+        self._max_bytes = max_bytes
+        self._max_age_s = max_age_s
+        self._wal_pages = max(_WAL_PAGES_MIN, min(_WAL_PAGES_MAX, max_bytes // (4 * _PAGE)))
+        self._lock = threading.Lock()
+        # Messages with an id at or below the cursor have been handed out by ``take``.
+        self._cursor = 0
+        self._newest = 0
+        # Bytes of the messages handed out and not yet removed: they are on their way,
+        # so they neither count against the bound nor can be dropped.
+        self._handed_bytes = 0
+        self._next_expiry_check = 0.0
+        self._drop_burst = 0
+        self._lock_file = self._acquire_file_lock()
+        try:
+            self._db = self._open(sync)
+            self._bytes, self._count, self._newest = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*), COALESCE(MAX(id), 0) FROM messages"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._lock_file.close()
+            raise SinkError(
+                f"{name}: cannot open the outbox {self.path} ({exc}); "
+                "move the damaged file away or set outbox.path to another file"
+            ) from exc
+        except BaseException:
+            self._lock_file.close()
+            raise
+        if self._count:
+            log.info(
+                "%s: %d message(s) from an earlier run wait in %s; publishing them first",
+                name,
+                self._count,
+                self.path,
+            )
+
+    def _acquire_file_lock(self) -> IO[bytes]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock_file = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 (held until close)
+        except OSError as exc:
+            raise SinkError(f"{self.name}: cannot create the outbox {self.path} ({exc})") from exc
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lock_file.close()
+            raise SinkError(
+                f"{self.name}: the outbox {self.path} is in use by another labelcast process; "
+                "give each pipeline its own outbox.path"
+            ) from exc
+        return lock_file
+
+    def _open(self, sync: str) -> sqlite3.Connection:
+        # Autocommit mode: each statement group is wrapped in an explicit transaction below.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # auto_vacuum only takes effect on a new file, so it's set before the table exists;
+        # it lets the file shrink again once a long outage has drained.
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"the file system does not support WAL mode ({mode})")
+        # NORMAL in WAL mode survives a crash of the process (SIGKILL); only an OS crash
+        # or power loss can lose the last transactions. FULL syncs every commit.
+        db.execute(f"PRAGMA synchronous = {sync.upper()}")
+        db.execute(f"PRAGMA wal_autocheckpoint = {self._wal_pages}")
+        db.execute(f"PRAGMA journal_size_limit = {self._wal_pages * _PAGE}")
+        db.execute("PRAGMA busy_timeout = 5000")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, _SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(
+                f"schema version {version} is newer than this labelcast understands"
+            )
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        return db
+
+    @property
+    def pending(self) -> int:
+        """Messages in the outbox (handed out or not) that the broker has not acknowledged."""
+        with self._lock:
+            return int(self._count)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Sum of the topic and payload sizes of the messages in the outbox."""
+        with self._lock:
+            return int(self._bytes)
+
+    def put(self, topic: str, payload: bytes, *, qos: int, retain: bool = False) -> None:
+        """Append one message durably; drop the oldest unsent events if over the size bound.
+
+        Raises SinkError if the file cannot be written (disk full, file removed).
+        """
+        size = len(topic.encode()) + len(payload)
+        now = time.time()
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                if retain:
+                    # Only the newest retained message of a topic matters to a subscriber.
+                    self._delete("retain = 1 AND topic = ? AND id > ?", (topic, self._cursor))
+                cursor = self._db.execute(
+                    "INSERT INTO messages (topic, payload, qos, retain, created, size) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (topic, payload, qos, int(retain), now, size),
+                )
+                newest = cursor.lastrowid or self._newest
+                self._bytes += size
+                self._count += 1
+                dropped = self._enforce_size_bound()
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._reload()
+                raise SinkError(
+                    f"{self.name}: cannot write to the outbox {self.path} ({exc})"
+                ) from exc
+            self._newest = newest
+            self.counters.added += 1
+            self._note_drops(dropped, "full")
+
+    def take(self, limit: int) -> list[StoredMessage]:
+        """Return up to ``limit`` messages not handed out yet, oldest first, and mark them.
+
+        Messages older than the age bound are dropped (and counted) instead.
+        """
+        with self._lock:
+            # Most calls find nothing new: answer those without touching the file.
+            if limit <= 0 or self._cursor >= self._newest:
+                return []
+            try:
+                expired = self._drop_expired()
+                rows = self._db.execute(
+                    "SELECT id, topic, payload, qos, retain, created FROM messages "
+                    "WHERE id > ? ORDER BY id LIMIT ?",
+                    (self._cursor, limit),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._reload()
+                raise SinkError(f"{self.name}: cannot read the outbox {self.path} ({exc})") from exc
+            self._note_drops(expired, "expired")
+            if rows:
+                self._cursor = rows[-1][0]
+                self._handed_bytes += sum(len(row[1].encode()) + len(row[2]) for row in rows)
+            return [
+                StoredMessage(row[0], row[1], bytes(row[2]), row[3], bool(row[4]), row[5])
+                for row in rows
+            ]
+
+    def remove(self, ids: list[int]) -> None:
+        """Delete acknowledged messages (ids no longer present are ignored)."""
+        if not ids:
+            return
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                removed = 0
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    size = self._bytes
+                    removed += self._delete(f"id IN ({marks}) AND id <= ?", (*chunk, self._cursor))
+                    self._handed_bytes = max(0, self._handed_bytes - (size - self._bytes))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._reload()
+                raise SinkError(
+                    f"{self.name}: cannot update the outbox {self.path} ({exc})"
+                ) from exc
+            self.counters.delivered += removed
+            self._note_drops(0, "full")
+            if self._count == 0:
+                self._shrink()
+
+    def peek(self, limit: int = 1_000_000) -> list[StoredMessage]:
+        """Return up to ``limit`` messages in the outbox, oldest first, without marking them."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, retain, created FROM messages ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            StoredMessage(row[0], row[1], bytes(row[2]), row[3], bool(row[4]), row[5])
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the file and release the file and its lock."""
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("%s: could not checkpoint %s (%s)", self.name, self.path, exc)
+            finally:
+                self._db.close()
+                self._end_drop_burst()
+                self._lock_file.close()
+
+    # -- helpers, called with self._lock held --------------------------------------------
+
+    def _delete(self, where: str, args: tuple[object, ...]) -> int:
+        size, rows = self._db.execute(
+            f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM messages WHERE {where}", args
+        ).fetchone()
+        if rows:
+            self._db.execute(f"DELETE FROM messages WHERE {where}", args)
+            self._bytes -= size
+            self._count -= rows
+        return int(rows)
+
+    def _enforce_size_bound(self) -> int:
+        # Only messages not handed out yet count and are dropped: those handed out are
+        # already on their way (the MQTT client resends them after a reconnect).
+        over = self._bytes - self._handed_bytes - self._max_bytes
+        if over <= 0:
+            return 0
+        freed = 0
+        last_id = None
+        for message_id, size in self._db.execute(
+            "SELECT id, size FROM messages WHERE retain = 0 AND id > ? ORDER BY id",
+            (self._cursor,),
+        ):
+            freed += size
+            last_id = message_id
+            if freed >= over:
+                break
+        if last_id is None:
+            return 0
+        return self._delete("retain = 0 AND id > ? AND id <= ?", (self._cursor, last_id))
+
+    def _drop_expired(self) -> int:
+        now = time.time()
+        if self._max_age_s <= 0 or not self._count or now < self._next_expiry_check:
+            return 0
+        self._next_expiry_check = now + 1.0
+        cutoff = now - self._max_age_s
+        self._db.execute("BEGIN IMMEDIATE")
+        dropped = self._delete("retain = 0 AND id > ? AND created < ?", (self._cursor, cutoff))
+        self._db.execute("COMMIT")
+        return dropped
+
+    def _note_drops(self, dropped: int, why: Literal["full", "expired"]) -> None:
+        if why == "full":
+            self.counters.dropped_full += dropped
+        else:
+            self.counters.dropped_expired += dropped
+        if dropped and not self._drop_burst:
+            reason = (
+                f"is full ({self._max_bytes} bytes)"
+                if why == "full"
+                else f"holds messages older than {self._max_age_s:g} s"
+            )
+            log.warning(
+                "%s: the outbox %s; dropping the oldest events until the broker catches up",
+                self.name,
+                reason,
+            )
+        self._drop_burst += dropped
+        if not dropped and self._bytes < self._max_bytes * 3 // 4:
+            self._end_drop_burst()
+
+    def _end_drop_burst(self) -> None:
+        # A burst ends once the outbox has room again (below 3/4 of its bound), not at
+        # the first put that happens to fit, so a full outbox logs one burst, not many.
+        if self._drop_burst:
+            log.warning(
+                "%s: dropped %d event(s) from the outbox in this burst (%d since start)",
+                self.name,
+                self._drop_burst,
+                self.counters.dropped,
+            )
+            self._drop_burst = 0
+
+    def _shrink(self) -> None:
+        # Give back the pages a drained outage left behind, a bounded amount at a time.
+        try:
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            if free > self._wal_pages:
+                self._db.execute("PRAGMA incremental_vacuum")
+        except sqlite3.Error as exc:
+            log.debug("%s: incremental vacuum failed (%s)", self.name, exc)
+
+    def _reload(self) -> None:
+        # After a failed transaction the running totals may be off: read them again.
+        try:
+            self._bytes, self._count = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM messages"
+            ).fetchone()
+        except sqlite3.Error:
+            log.debug("%s: could not re-read the outbox totals", self.name, exc_info=True)
+
+    def _rollback(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.debug("%s: rollback failed", self.name, exc_info=True)
