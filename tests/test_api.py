@@ -34,7 +34,9 @@ def test_iterating_events_yields_every_event_of_every_stream(config_path):
     door = [e.seq for e in events if e.stream == "door"]
     lobby = [e.seq for e in events if e.stream == "lobby"]
     assert door == list(range(1, 41)) and lobby == list(range(1, 9))
-    assert events[0].to_dict()["id"] == f"api/{events[0].stream}/{events[0].seq}"
+    first = events[0].to_dict()
+    assert first["id"] == f"api/{first['stream']}/{first['run']}/{first['seq']}"
+    assert len({e.run for e in events}) == 1
 
 
 def test_breaking_out_of_the_iterator_stops_the_pipeline(config_path):

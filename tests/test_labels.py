@@ -179,11 +179,12 @@ def test_finish_ends_a_labelled_stream_at_its_last_frame():
 
 
 def test_change_and_state_payloads():
-    change = ChangeEvent("gw", "door", "change", "dog", "cat", 0.8123456789, T0, 4.5, 12)
+    change = ChangeEvent("gw", "r1", "door", "change", "dog", "cat", 0.8123456789, T0, 4.5, 12)
     assert change.to_dict() == {
         "schema": "labelcast.change/1",
-        "id": "gw/door/12/change",
+        "id": "gw/door/r1/12/change",
         "pipeline": "gw",
+        "run": "r1",
         "stream": "door",
         "type": "change",
         "label": "dog",
@@ -492,11 +493,11 @@ def test_a_sink_without_send_change_still_gets_its_events():
     sink = OldSink()
     worker = SinkWorker(sink)  # type: ignore[arg-type]
     worker.start()
-    event = LabelEvent("p", "door", 1, 0.0, T0, 1.0, (), ModelInfo("m", None, "fp32"), 0)
+    event = LabelEvent("p", "r1", "door", 1, 0.0, T0, 1.0, (), ModelInfo("m", None, "fp32"), 0)
     frame = Frame("door", 0, 0.0, T0, np.zeros((2, 2, 3), dtype=np.uint8))
     worker.put(event, frame)
     worker.put_change(
-        ChangeEvent("p", "door", "start", "cat", None, 0.9, T0, 0.0, 1),
+        ChangeEvent("p", "r1", "door", "start", "cat", None, 0.9, T0, 0.0, 1),
         LabelState("p", "door", "cat", 0.9, T0),
     )
     worker.put(event, frame)
@@ -592,7 +593,7 @@ def test_change_events_follow_the_label_events_they_summarise(smoothed_run):
         if line["schema"] == "labelcast.change/1":
             before = lines[index - 1]
             assert before["seq"] == line["seq"]
-            assert line["id"] == f"gw/door/{line['seq']}/{line['type']}"
+            assert line["id"] == f"gw/door/{line['run']}/{line['seq']}/{line['type']}"
 
 
 def test_the_api_gets_the_same_changes_with_states_that_match_them(smoothed_run):

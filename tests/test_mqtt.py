@@ -475,7 +475,7 @@ def test_outbox_bound_drops_the_oldest_counts_them_and_keeps_the_file_small(
 def make_event(stream: str, seq: int) -> LabelEvent:
     labels = tuple(Label(name, 0.1, i) for i, name in enumerate(TINY_LABELS))
     return LabelEvent(
-        "gw", stream, seq, seq / 2, time.time(), 1.0, labels, ModelInfo("m", None, "fp32"), 0
+        "gw", "r1", stream, seq, seq / 2, time.time(), 1.0, labels, ModelInfo("m", None, "fp32"), 0
     )
 
 

@@ -55,7 +55,12 @@ def test_run_exits_zero_and_sampling_gives_the_promised_counts(two_stream_run):
 def test_each_stream_has_its_own_gapless_sequence(two_stream_run):
     for events in by_stream(two_stream_run["events"]).values():
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-        assert [e["id"] for e in events] == [f"gateway-1/{e['stream']}/{e['seq']}" for e in events]
+        assert [e["id"] for e in events] == [
+            f"gateway-1/{e['stream']}/{e['run']}/{e['seq']}" for e in events
+        ]
+    # One run id for the whole run, shaped like 20261128T062100Z-1a2b
+    runs = {e["run"] for e in two_stream_run["events"]}
+    assert len(runs) == 1 and re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{4}", runs.pop())
 
 
 def test_sampled_presentation_times_follow_the_rule(two_stream_run):
@@ -74,6 +79,7 @@ def test_every_event_has_the_schema_fields_with_their_types(two_stream_run):
             "schema",
             "id",
             "pipeline",
+            "run",
             "stream",
             "seq",
             "pts",

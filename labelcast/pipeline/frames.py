@@ -56,6 +56,7 @@ class LabelEvent:
     """The result of classifying one frame, as published by every sink (``labelcast.label/1``)."""
 
     pipeline: str
+    run: str
     stream: str
     seq: int
     pts: float
@@ -67,8 +68,11 @@ class LabelEvent:
 
     @property
     def id(self) -> str:
-        """The event id consumers de-duplicate by: ``<pipeline>/<stream>/<seq>``."""
-        return f"{self.pipeline}/{self.stream}/{self.seq}"
+        """The id consumers de-duplicate by: ``<pipeline>/<stream>/<run>/<seq>``.
+
+        It is unique across restarts: ``seq`` starts at 1 in every run, ``run`` changes.
+        """
+        return f"{self.pipeline}/{self.stream}/{self.run}/{self.seq}"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the event as the JSON object of the ``labelcast.label/1`` schema."""
@@ -76,6 +80,7 @@ class LabelEvent:
             "schema": EVENT_SCHEMA,
             "id": self.id,
             "pipeline": self.pipeline,
+            "run": self.run,
             "stream": self.stream,
             "seq": self.seq,
             "pts": round(self.pts, 6),
@@ -138,6 +143,7 @@ class ChangeEvent:
     """
 
     pipeline: str
+    run: str
     stream: str
     type: ChangeType
     label: str | None
@@ -149,8 +155,8 @@ class ChangeEvent:
 
     @property
     def id(self) -> str:
-        """A unique id per run: ``<pipeline>/<stream>/<seq>/<type>``."""
-        return f"{self.pipeline}/{self.stream}/{self.seq}/{self.type}"
+        """A unique id: ``<pipeline>/<stream>/<run>/<seq>/<type>``."""
+        return f"{self.pipeline}/{self.stream}/{self.run}/{self.seq}/{self.type}"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the change as the JSON object of the ``labelcast.change/1`` schema."""
@@ -158,6 +164,7 @@ class ChangeEvent:
             "schema": CHANGE_SCHEMA,
             "id": self.id,
             "pipeline": self.pipeline,
+            "run": self.run,
             "stream": self.stream,
             "type": self.type,
             "label": self.label,

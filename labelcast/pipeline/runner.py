@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -127,6 +128,7 @@ class Pipeline:
         classifier: Classifier | None = None,
     ) -> None:
         self.config = config
+        self.run_id = new_run_id()
         self.stats = {source.id: StreamStats(source.id) for source in config.sources}
         self.batch_stats = BatchStats()
         self.metrics = PipelineMetrics()
@@ -530,6 +532,7 @@ class Pipeline:
                 labels.min_score,
                 pipeline=config.name,
                 stream=source.id,
+                run=self.run_id,
                 clock=smoothing.resolved_clock(live),
             )
         info = classifier.info
@@ -643,6 +646,7 @@ class Pipeline:
         self.metrics.latency_seconds.observe(latency_s)
         event = LabelEvent(
             pipeline=self.config.name,
+            run=self.run_id,
             stream=frame.stream,
             seq=seq,
             pts=frame.pts,
@@ -664,6 +668,14 @@ class Pipeline:
         )
         for worker in self.sinks:
             worker.put_change(change, state)
+
+
+def new_run_id() -> str:
+    """Return an id for one run of a pipeline: its start time (UTC) and 4 random hex digits.
+
+    Event ids include it, because ``seq`` starts at 1 again on every run.
+    """
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
 def _source_key(config: SourceConfig) -> dict[str, object]:

@@ -153,12 +153,14 @@ class LabelTracker:
         *,
         pipeline: str,
         stream: str,
+        run: str = "",
         clock: Literal["pts", "wall"] = "pts",
     ) -> None:
         self._labels = list(labels)
         self._min_score = min_score
         self._pipeline = pipeline
         self._stream = stream
+        self._run = run
         self._use_pts = clock == "pts"
         self._method = config.method
         self._alpha = config.alpha if config.alpha is not None else DEFAULT_ALPHA
@@ -226,6 +228,7 @@ class LabelTracker:
         kind: ChangeType = "start" if previous is None else "end" if label is None else "change"
         event = ChangeEvent(
             pipeline=self._pipeline,
+            run=self._run,
             stream=self._stream,
             type=kind,
             label=label,
