@@ -689,3 +689,34 @@ def test_a_second_process_cannot_share_an_outbox(tmp_path: Path) -> None:
             MqttSink(config)
     finally:
         sink.close()
+
+
+def test_change_events_and_state_agree_between_the_log_sink_and_mqtt(
+    broker: Broker, prefix: str, tiny_model: Path, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    # Given one run with both a log sink (events: true) and an MQTT sink
+    log_path = tmp_path / "events.jsonl"
+    subscriber = Subscriber(broker, [f"{prefix}/#"])
+    sinks = [
+        {"type": "log", "path": str(log_path), "events": True},
+        broker.sink_config(prefix, outbox={"path": str(tmp_path / "outbox.sqlite")}),
+    ]
+    config = pipeline_config(tiny_model, {"door": clips["long"]}, sinks, every=15)
+    config["smoothing"] = {"method": "none", "min_dwell_s": 0, "min_frames": 1}
+    pipeline = Pipeline(parse_config(yaml.safe_dump(config)))
+    pipeline.run()
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    logged_changes = [line for line in lines if line["schema"] == "labelcast.change/1"]
+    subscriber.wait_for(
+        lambda m: len([x for x in m if x.topic.endswith("/events")]) >= len(logged_changes), 10
+    )
+    subscriber.close()
+    # Then the slideshow's label changes are the same events in both, in the same order
+    mqtt_changes = [m.json() for m in subscriber.received("/gw/door/events")]
+    assert len(logged_changes) >= 2  # at least a start and the end at the end of the file
+    assert mqtt_changes == logged_changes
+    # And each retained state published follows the change that led to it
+    states = [m.json() for m in subscriber.received("/gw/door/state")]
+    assert [s["label"] for s in states] == [c["label"] for c in logged_changes]
+    last = json.loads(retained(broker, f"{prefix}/gw/door/state") or b"{}")
+    assert last == states[-1] and last["label"] is None and logged_changes[-1]["type"] == "end"
