@@ -541,7 +541,7 @@ def test_overload_drops_oldest_and_keeps_frames_fresh(
         wait_until(lambda: len(run.of("cam")) >= 1, 20, "first event")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            depths.append(run.pipeline._queues.depth("cam"))
+            depths.append(run.pipeline.queue_depth("cam"))
             time.sleep(0.02)
     # Read once stopped: by then every classified frame's event was delivered.
     stats = run.pipeline.stats["cam"]
