@@ -65,6 +65,7 @@ class StreamStats:
     ended: bool = False
     failed: str | None = None
     state: StreamState | None = None
+    last_progress: float = 0.0  # time.monotonic() of its last queued frame or state change
 
 
 @dataclass
@@ -235,7 +236,11 @@ class Pipeline:
         return self._queues.depth(stream)
 
     def liveness(self) -> tuple[bool, str]:
-        """Whether the classifier is making progress (it is not hung), with the reason."""
+        """Whether the classifier and the sources make progress (none hangs), with the reason.
+
+        A source counts as hung when it is online, its queue has room, and it has queued
+        no frame for ``classifier_stall_s`` (live sources reconnect long before that).
+        """
         thread = self._classifier_thread
         if thread is None:
             return False, "not started"
@@ -244,8 +249,20 @@ class Pipeline:
         if not thread.is_alive():
             return False, "the classifier thread has died"
         age = time.monotonic() - self._heartbeat
-        if age > self.config.classifier_stall_s:
+        limit = self.config.classifier_stall_s
+        if age > limit:
             return False, f"the classifier has made no progress for {age:.0f} s"
+        now = time.monotonic()
+        for stream, handle in list(self._sources.items()):
+            stats = self.stats.get(stream)
+            if stats is None or stats.ended or stats.state != "online":
+                continue
+            idle = now - stats.last_progress
+            # A stream sampled slower than the limit yields frames slower than it, too.
+            fps = handle.config.sample.fps
+            stream_limit = max(limit, 3.0 / fps) if fps else limit
+            if idle > stream_limit and self._queues.depth(stream) < handle.config.queue_size:
+                return False, f"stream {stream} has made no progress for {idle:.0f} s"
         return True, "ok"
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
@@ -422,6 +439,7 @@ class Pipeline:
                         if not self._queues.put(frame, self._abort):
                             break
                         stats.sampled += 1
+                        stats.last_progress = time.monotonic()
                         if handle.stop.is_set():
                             break
                 stats.decoded = getattr(source, "frames_decoded", stats.decoded)
@@ -447,6 +465,7 @@ class Pipeline:
         if state == "reconnecting" and stats.state != "reconnecting":
             stats.reconnects += 1
         stats.state = state
+        stats.last_progress = time.monotonic()
         if state == "online":
             log.info("stream %s: online", stream)
         else:
