@@ -21,6 +21,7 @@ from labelcast.pipeline.smoothing import SmoothingConfig
 from labelcast.server import ServerConfig
 from labelcast.sinks.log import LogSinkConfig
 from labelcast.sinks.mqtt import MqttSinkConfig
+from labelcast.sinks.overlay import OverlaySinkConfig
 from labelcast.sources.camera import CameraSourceConfig
 from labelcast.sources.file import FileSourceConfig
 from labelcast.sources.stream import RtspSourceConfig, StreamSourceConfig
@@ -36,7 +37,10 @@ SourceConfig = Annotated[
     ],
     Field(discriminator="type"),
 ]
-SinkConfig = Annotated[Union[LogSinkConfig, MqttSinkConfig], Field(discriminator="type")]  # noqa: UP007
+SinkConfig = Annotated[
+    Union[LogSinkConfig, MqttSinkConfig, OverlaySinkConfig],  # noqa: UP007
+    Field(discriminator="type"),
+]
 
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -14,6 +14,7 @@ dpkg -s gstreamer1.0-rtsp >/dev/null 2>&1 || need+=(gstreamer1.0-rtsp)
 dpkg -s gstreamer1.0-plugins-good >/dev/null 2>&1 || need+=(gstreamer1.0-plugins-good)
 dpkg -s gstreamer1.0-plugins-bad >/dev/null 2>&1 || need+=(gstreamer1.0-plugins-bad)
 dpkg -s mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+dpkg -s chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq

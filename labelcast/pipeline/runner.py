@@ -33,6 +33,7 @@ from labelcast.sinks.base import Sink
 from labelcast.sinks.callback import CallbackSink
 from labelcast.sinks.log import LogSink
 from labelcast.sinks.mqtt import MqttSink
+from labelcast.sinks.overlay import OverlaySink
 from labelcast.sources.base import Source
 from labelcast.sources.camera import CameraSource
 from labelcast.sources.file import FileSource
@@ -48,7 +49,11 @@ SOURCE_CLASSES: dict[str, Callable[..., Source]] = {
     "camera": CameraSource,
     "webrtc": WebRTCSource,
 }
-SINK_CLASSES: dict[str, Callable[..., Sink]] = {"log": LogSink, "mqtt": MqttSink}
+SINK_CLASSES: dict[str, Callable[..., Sink]] = {
+    "log": LogSink,
+    "mqtt": MqttSink,
+    "overlay": OverlaySink,
+}
 
 
 @dataclass

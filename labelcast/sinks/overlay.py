@@ -1,0 +1,813 @@
+"""The overlay sink: labels drawn on the classified frames, to H.264 files and a live preview.
+
+Each label event arrives with the very frame it was computed from; the sink draws a banner
+(top labels with scores, stream id, capture time) on a copy of it, on the sink's own thread.
+The annotated frame goes to a rotating MP4 file per stream (at the sampled rate: sinks only
+see classified frames) and/or to an HTTP preview that keeps only the latest picture per
+stream, so a slow or absent viewer never holds anything up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import html
+import io
+import json
+import logging
+import os
+import socket
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import av
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFont
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from labelcast.errors import SinkError
+from labelcast.pipeline.frames import (
+    ChangeEvent,
+    Frame,
+    LabelEvent,
+    LabelState,
+    StreamStatus,
+    format_timestamp,
+)
+
+log = logging.getLogger(__name__)
+
+_TIME_BASE = Fraction(1, 1000)  # file timestamps in milliseconds of the stream's clock
+_BANNER_BG = (0, 0, 0)
+_CHANGE_BG = (200, 90, 0)
+_CHANGE_BORDER = (255, 160, 0)
+
+
+class RotateConfig(BaseModel):
+    """When an annotated file is closed and the next one begun."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_seconds: Annotated[
+        float | None,
+        Field(gt=0, description="Start a new file after this many seconds of stream time."),
+    ] = 3600.0
+    max_bytes: Annotated[
+        int | None,
+        Field(gt=0, description="Start a new file once this many bytes of video are written."),
+    ] = None
+
+
+class PreviewConfig(BaseModel):
+    """The live preview: an index page and an MJPEG view per stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bind: Annotated[
+        str,
+        Field(
+            pattern=r"^[^:\s]+:\d{1,5}$",
+            description="host:port to listen on; keep 127.0.0.1 unless a password is set "
+            "and the network is trusted (the preview shows the cameras' pictures).",
+        ),
+    ] = "127.0.0.1:8090"
+    username: Annotated[
+        str, Field(min_length=1, description="User name for basic auth (with `password`).")
+    ] = "labelcast"
+    password: Annotated[
+        SecretStr | None,
+        Field(
+            description="Require basic auth with this password; write it as ${ENV_VAR}, "
+            "never inline. Without it the preview is open to whoever reaches `bind`."
+        ),
+    ] = None
+    jpeg_quality: Annotated[
+        int, Field(ge=1, le=95, description="JPEG quality of the preview pictures.")
+    ] = 80
+    max_clients: Annotated[
+        int,
+        Field(ge=1, le=256, description="Viewers served at once; more get 503."),
+    ] = 8
+    client_timeout_s: Annotated[
+        float,
+        Field(gt=0, description="A viewer that reads nothing for this long is disconnected."),
+    ] = 10.0
+
+
+class OverlaySinkConfig(BaseModel):
+    """Draw labels on the classified frames; write them to files and/or a live preview."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["overlay"] = "overlay"
+    output: Annotated[
+        str | None,
+        Field(
+            description="Path template of the annotated H.264 MP4 files, with {stream} and "
+            "{date} (UTC start time of the file, e.g. 20261128T060000.123Z), e.g. "
+            '"out/{stream}/{date}.mp4"; omit for no files.'
+        ),
+    ] = None
+    mode: Annotated[
+        Literal["sampled"],
+        Field(
+            description="Which frames are written: `sampled` writes each classified frame at "
+            "the sampled rate (sinks see only classified frames, so there is no all-frames mode)."
+        ),
+    ] = "sampled"
+    rotate: Annotated[
+        RotateConfig, Field(description="When to close a file and begin the next.")
+    ] = RotateConfig()
+    preset: Annotated[
+        Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"],
+        Field(description="x264 speed preset: faster presets cost less CPU, more bytes."),
+    ] = "veryfast"
+    crf: Annotated[
+        int, Field(ge=0, le=51, description="x264 constant rate factor (lower is better).")
+    ] = 23
+    preview: Annotated[
+        PreviewConfig | None,
+        Field(description="Serve a live preview over HTTP; omit for none."),
+    ] = None
+    top_k: Annotated[
+        int, Field(ge=1, le=10, description="How many of the event's labels are drawn.")
+    ] = 3
+    highlight_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="How long (stream time) frames stay highlighted after a change of "
+            "the stream's label.",
+        ),
+    ] = 2.0
+    lossless: Annotated[
+        bool,
+        Field(
+            description="Wait for this sink when it is behind instead of dropping frames "
+            "(files keep every classified frame, but a slow disk then slows classification)."
+        ),
+    ] = False
+
+    @model_validator(mode="after")
+    def _has_an_output(self) -> OverlaySinkConfig:
+        if self.output is None and self.preview is None:
+            raise ValueError("set `output`, `preview` or both")
+        if self.output is not None:
+            if "{stream}" not in self.output:
+                raise ValueError("output: the path must contain {stream}")
+            try:
+                self.output.format(stream="s", date="d")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"output: only {{stream}} and {{date}} may be used ({exc!r})"
+                ) from exc
+        return self
+
+
+# --- drawing -------------------------------------------------------------------------------
+
+
+@dataclass
+class Highlight:
+    """A change to show on frames: its text, until which stream time (pts, seconds).
+
+    ``until_pts`` is None until the first highlighted frame fixes it.
+    """
+
+    text: str
+    until_pts: float | None
+
+
+_FONTS: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    font = _FONTS.get(size)
+    if font is None:
+        font = ImageFont.load_default(size=size)
+        if len(_FONTS) < 64:
+            _FONTS[size] = font
+    return font
+
+
+def draw_overlay(
+    image: npt.NDArray[np.uint8],
+    event: LabelEvent,
+    *,
+    top_k: int = 3,
+    highlight: str | None = None,
+) -> npt.NDArray[np.uint8]:
+    """Return a copy of ``image`` with the event's banner drawn on it (the input is untouched).
+
+    The banner spans the top of the frame: a darkened band (orange after a change) with
+    the stream id and capture time on the first line and the top labels with scores on
+    the second; its height scales with the frame's. Only the banner is converted to a
+    Pillow image, so the cost is bounded by its size.
+    """
+    height, width = image.shape[:2]
+    out: npt.NDArray[np.uint8] = image.copy()
+    size = max(10, round(height / 24))
+    pad = max(2, size // 3)
+    lines = [f"{event.stream}  {format_timestamp(event.captured_at)}  #{event.seq}"]
+    labels = "   ".join(f"{lb.label} {lb.score:.2f}" for lb in event.labels[:top_k])
+    lines.append(labels or "(no label)")
+    if highlight is not None:
+        lines.append(highlight)
+    banner_h = min(height, pad + len(lines) * (size + pad))
+    band = out[:banner_h]
+    background = np.array(_CHANGE_BG if highlight is not None else _BANNER_BG, np.float32)
+    # Darken (or tint) the band so white text has contrast on any picture.
+    band[:] = (band.astype(np.float32) * 0.3 + background * 0.7).astype(np.uint8)
+    canvas = Image.fromarray(band)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(size)
+    for row, text in enumerate(lines):
+        draw.text((pad, pad + row * (size + pad)), text, fill=(255, 255, 255), font=font)
+    out[:banner_h] = np.asarray(canvas)
+    if highlight is not None:
+        edge = max(2, height // 120)
+        out[banner_h:, :edge] = _CHANGE_BORDER
+        out[banner_h:, width - edge :] = _CHANGE_BORDER
+        out[height - edge :, :] = _CHANGE_BORDER
+    return out
+
+
+def describe_change(change: ChangeEvent) -> str:
+    """Return the line drawn on frames after a change of a stream's label."""
+    if change.type == "start":
+        return f"START {change.label}"
+    if change.type == "end":
+        return f"END {change.previous}"
+    return f"CHANGE {change.previous} -> {change.label}"
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+class _Recording:
+    """One open MP4 file of one stream."""
+
+    def __init__(self, path: Path, width: int, height: int, preset: str, crf: int) -> None:
+        self.path = path
+        self.width, self.height = width, height
+        self.first_pts: float | None = None
+        self.last_ms = -1
+        # The newest packet is muxed when the next one tells how long it lasts.
+        self._held: av.Packet[Any] | None = None
+        self._interval = 0
+        self.frames = 0
+        self.bytes = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(path), mode="w", format="mp4")
+            stream = self._container.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.codec_context.time_base = _TIME_BASE
+            # zerolatency: no B-frames or lookahead, so the encoder holds no frames back.
+            stream.options = {"preset": preset, "crf": str(crf), "tune": "zerolatency"}
+            self._stream = stream
+        except (OSError, av.FFmpegError, ValueError) as exc:
+            raise SinkError(f"overlay sink: cannot open {path} for writing ({exc})") from exc
+
+    def write(self, image: npt.NDArray[np.uint8], pts: float) -> None:
+        if self.first_pts is None:
+            self.first_pts = pts
+        # Timestamps must grow; a source that restarts its clock continues after the last one.
+        ms = max(round((pts - self.first_pts) * 1000), self.last_ms + 1)
+        self.last_ms = ms
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = ms, _TIME_BASE
+        try:
+            for packet in self._stream.encode(frame):
+                self._mux(packet)
+        except (OSError, av.FFmpegError, ValueError) as exc:
+            raise SinkError(f"overlay sink: writing {self.path} failed ({exc})") from exc
+        self.frames += 1
+
+    def _mux(self, packet: av.Packet[Any]) -> None:
+        """Mux the packet held back, now that this one tells how long it lasts; hold this one."""
+        self.bytes += packet.size
+        held = self._held
+        if held is not None and held.dts is not None and packet.dts is not None:
+            self._interval = max(1, packet.dts - held.dts)
+            held.duration = self._interval
+        if held is not None:
+            self._container.mux(held)
+        self._held = packet
+
+    def seconds(self, pts: float) -> float:
+        return 0.0 if self.first_pts is None else pts - self.first_pts
+
+    def close(self) -> None:
+        """Flush the encoder and write the MP4 index, so the file plays."""
+        try:
+            for packet in self._stream.encode():
+                self._mux(packet)
+            if self._held is not None:
+                # The last frame lasts as long as the one before it (the sampled interval).
+                self._held.duration = self._interval or round(1 / (30 * _TIME_BASE))
+                self._container.mux(self._held)
+                self._held = None
+        except (OSError, av.FFmpegError, ValueError) as exc:
+            raise SinkError(f"overlay sink: finishing {self.path} failed ({exc})") from exc
+        finally:
+            self._container.close()
+        log.info("overlay sink: wrote %s (%d frames)", self.path, self.frames)
+
+
+# --- preview -------------------------------------------------------------------------------
+
+
+@dataclass
+class _StreamView:
+    """What the preview knows of one stream: the latest picture and its labels."""
+
+    image: npt.NDArray[np.uint8] | None = None
+    version: int = 0
+    jpeg: bytes | None = None
+    jpeg_version: int = -1
+    label: str | None = None
+    score: float | None = None
+    state: str | None = None
+    status: str | None = None
+
+
+class _Preview:
+    """Latest annotated picture per stream, served as an index page and MJPEG views.
+
+    The sink thread only swaps in the newest picture (a reference); JPEG encoding is done
+    lazily, once per picture, by the first viewer that wants it. Viewers wait on a
+    condition for a newer version, so nothing is queued per viewer.
+    """
+
+    def __init__(self, config: PreviewConfig) -> None:
+        self.config = config
+        self._views: dict[str, _StreamView] = {}
+        self._changed = threading.Condition()
+        self._closed = False
+        self._slots = threading.BoundedSemaphore(config.max_clients)
+        host, port = config.bind.rsplit(":", 1)
+        handler = _handler_for(self)
+        try:
+            self._server = _NamedThreadingHTTPServer((host, int(port)), handler)
+        except OSError as exc:
+            raise SinkError(
+                f"overlay sink: preview cannot listen on {config.bind} ({exc})"
+            ) from exc
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="overlay-preview",
+            daemon=True,
+        )
+        self._thread.start()
+        if config.password is None and host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "overlay preview listens on %s without a password: anyone who reaches it "
+                "sees the cameras",
+                config.bind,
+            )
+        log.info("overlay preview on http://%s:%d/", *self.address)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually bound."""
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def update(self, stream: str, image: npt.NDArray[np.uint8], event: LabelEvent) -> None:
+        """Make ``image`` the stream's latest picture (the older one is forgotten)."""
+        with self._changed:
+            view = self._views.setdefault(stream, _StreamView())
+            view.image = image
+            view.version += 1
+            top = event.labels[0] if event.labels else None
+            view.label = None if top is None else top.label
+            view.score = None if top is None else top.score
+            self._changed.notify_all()
+
+    def set_state(self, stream: str, state: LabelState) -> None:
+        """Remember a stream's smoothed label."""
+        with self._changed:
+            self._views.setdefault(stream, _StreamView()).state = state.label
+
+    def set_status(self, status: StreamStatus) -> None:
+        """Remember a stream's source state."""
+        with self._changed:
+            self._views.setdefault(status.stream, _StreamView()).status = status.state
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Each stream's id, current top label and score, smoothed state and source state."""
+        with self._changed:
+            return [
+                {
+                    "stream": stream,
+                    "label": view.label,
+                    "score": None if view.score is None else round(view.score, 4),
+                    "state": view.state,
+                    "status": view.status,
+                    "frames": view.version,
+                }
+                for stream, view in sorted(self._views.items())
+            ]
+
+    def jpeg(self, stream: str, newer_than: int, timeout: float) -> tuple[int, bytes] | None:
+        """Wait up to ``timeout`` for a picture newer than ``newer_than``; return it as JPEG.
+
+        Returns None if the stream is unknown or the preview is closing; the same version
+        again if nothing newer came in time (the caller may resend it as a keep-alive).
+        """
+        with self._changed:
+            view = self._views.get(stream)
+            if view is None or self._closed:
+                return None
+            self._changed.wait_for(
+                lambda: self._closed or (view.image is not None and view.version > newer_than),
+                timeout,
+            )
+            if self._closed or view.image is None:
+                return None
+            version, image = view.version, view.image
+            if view.jpeg_version == version and view.jpeg is not None:
+                return version, view.jpeg
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=self.config.jpeg_quality)
+        data = buffer.getvalue()
+        with self._changed:
+            if view.jpeg_version < version:
+                view.jpeg, view.jpeg_version = data, version
+        return version, data
+
+    def authorised(self, header: str | None) -> bool:
+        """Whether a request's Authorization header passes (always, without a password)."""
+        password = self.config.password
+        if password is None:
+            return True
+        if header is None or not header.startswith("Basic "):
+            return False
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, _, given = decoded.partition(":")
+        expected = f"{self.config.username}:{password.get_secret_value()}"
+        return hmac.compare_digest(f"{user}:{given}".encode(), expected.encode())
+
+    def acquire_slot(self) -> bool:
+        """Take a viewer slot; False when ``max_clients`` viewers are already served."""
+        return self._slots.acquire(blocking=False)
+
+    def release_slot(self) -> None:
+        """Give a viewer slot back."""
+        self._slots.release()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the preview is shutting down."""
+        return self._closed
+
+    def close(self) -> None:
+        """Wake every viewer, stop serving and release the port."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+class _NamedThreadingHTTPServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer whose request threads are named ``overlay-preview-client``."""
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name="overlay-preview-client",
+            daemon=True,
+        )
+        thread.start()
+
+
+_BOUNDARY = "labelcastframe"
+_SEND_BUFFER = 512 * 1024
+
+_INDEX = """<!doctype html>
+<html><head><meta charset="utf-8"><title>labelcast preview</title>
+<style>
+body{{font-family:sans-serif;background:#111;color:#eee;margin:1em}}
+li{{margin:.4em 0}} .v{{display:inline-block;margin:.5em}} a{{color:#8cf}}
+img{{max-width:640px;border:1px solid #444}}
+</style></head><body>
+<h1>labelcast preview</h1>
+<ul id="streams">{items}</ul>
+<div>{views}</div>
+<script>
+async function refresh(){{
+  try {{
+    const r = await fetch("api/streams"); const s = await r.json();
+    for (const x of s) {{
+      const el = document.getElementById("s-" + x.stream);
+      if (el) el.querySelector(".now").textContent = describe(x);
+    }}
+  }} catch (e) {{}}
+}}
+function describe(x){{
+  const score = x.score === null ? "" : " " + x.score.toFixed(2);
+  return (x.label ?? "-") + score + " | state: " + (x.state ?? "-") + " | " + (x.status ?? "-");
+}}
+setInterval(refresh, 2000);
+</script>
+</body></html>
+"""
+
+
+def _index_page(streams: list[dict[str, Any]]) -> bytes:
+    items = []
+    views = []
+    for entry in streams:
+        name = html.escape(entry["stream"])
+        url = "stream/" + urllib.parse.quote(entry["stream"], safe="") + ".mjpg"
+        score = "" if entry["score"] is None else f" {entry['score']:.2f}"
+        now = (
+            f"{entry['label'] or '-'}{score} | state: {entry['state'] or '-'} | "
+            f"{entry['status'] or '-'}"
+        )
+        items.append(
+            f'<li class="stream" id="s-{name}"><a href="{html.escape(url)}">{name}</a>: '
+            f'<span class="now">{html.escape(now)}</span></li>'
+        )
+        views.append(
+            f'<div class="v"><div>{name}</div><img src="{html.escape(url)}" alt="{name}"></div>'
+        )
+    return _INDEX.format(items="".join(items), views="".join(views)).encode("utf-8")
+
+
+def _handler_for(preview: _Preview) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "labelcast-preview"
+        timeout = preview.config.client_timeout_s  # a viewer that stops reading is dropped
+
+        def setup(self) -> None:
+            super().setup()
+            # A fixed send buffer bounds what a viewer that stops reading can pin in memory
+            # (and makes its writes block, then time out, instead of growing the buffer).
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("preview: " + format, *args)
+
+        def do_GET(self) -> None:
+            if not preview.authorised(self.headers.get("Authorization")):
+                self._reply(
+                    401,
+                    b"authentication required\n",
+                    "text/plain",
+                    {"WWW-Authenticate": 'Basic realm="labelcast preview", charset="UTF-8"'},
+                )
+                return
+            path = urllib.parse.urlsplit(self.path).path
+            if path in ("/", "/index.html"):
+                self._reply(200, _index_page(preview.summary()), "text/html; charset=utf-8")
+            elif path == "/api/streams":
+                body = json.dumps(preview.summary()).encode()
+                self._reply(200, body, "application/json")
+            elif path.startswith("/stream/") and path.endswith(".mjpg"):
+                self._mjpeg(urllib.parse.unquote(path[len("/stream/") : -len(".mjpg")]))
+            elif path.startswith("/stream/") and path.endswith(".jpg"):
+                stream = urllib.parse.unquote(path[len("/stream/") : -len(".jpg")])
+                found = preview.jpeg(stream, -1, 0)
+                if found is None:
+                    self._reply(404, b"no such stream\n", "text/plain")
+                else:
+                    self._reply(200, found[1], "image/jpeg")
+            else:
+                self._reply(404, b"not found\n", "text/plain")
+
+        def _mjpeg(self, stream: str) -> None:
+            if preview.jpeg(stream, -1, 0) is None:
+                self._reply(404, b"no such stream\n", "text/plain")
+                return
+            if not preview.acquire_slot():
+                self._reply(503, b"too many viewers\n", "text/plain", {"Retry-After": "5"})
+                return
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={_BOUNDARY}")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                version = -1
+                while not preview.closed:
+                    found = preview.jpeg(stream, version, 1.0)
+                    if found is None:
+                        break
+                    if found[0] == version:
+                        continue  # nothing new; wait again
+                    version, data = found
+                    self.wfile.write(
+                        f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                        f"Content-Length: {len(data)}\r\n\r\n".encode()
+                        + data
+                        + b"\r\n"
+                    )
+                    self.wfile.flush()
+            except OSError:
+                pass  # the viewer went away or stopped reading
+            finally:
+                preview.release_slot()
+
+        def _reply(
+            self,
+            code: int,
+            body: bytes,
+            content_type: str,
+            headers: dict[str, str] | None = None,
+        ) -> None:
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass
+
+    return Handler
+
+
+# --- the sink ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """An event held back until we know whether it confirmed a change (then it is highlighted)."""
+
+    event: LabelEvent
+    frame: Frame
+
+
+class OverlaySink:
+    """Draws each event on its frame; writes rotating MP4 files and/or feeds a live preview.
+
+    Each stream's latest event is held until the next event of the stream (or its
+    change, or ``close``) arrives, so the frame that confirmed a change is drawn
+    highlighted. The preview is updated at once.
+    """
+
+    def __init__(self, config: OverlaySinkConfig) -> None:
+        self.name = "overlay" + (f":{config.output}" if config.output else "")
+        self.lossless = config.lossless
+        self._config = config
+        self._pending: dict[str, _Pending] = {}
+        self._highlights: dict[str, Highlight] = {}
+        self._recordings: dict[str, _Recording] = {}
+        self._preview = _Preview(config.preview) if config.preview is not None else None
+
+    @staticmethod
+    def check(config: OverlaySinkConfig) -> list[str]:
+        """Tell ``labelcast check`` whether the files can be written and the preview can listen."""
+        problems: list[str] = []
+        if config.output is not None:
+            folder = Path(config.output.split("{", 1)[0] or ".")
+            if not config.output.split("{", 1)[0].endswith(("/", "\\")):
+                folder = folder.parent
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            if not os.access(folder, os.W_OK):
+                problems.append(f"overlay sink: {folder} is not writable (output {config.output})")
+        if config.preview is not None:
+            host, port = config.preview.bind.rsplit(":", 1)
+            try:
+                with socket.create_server((host, int(port))):
+                    pass
+            except OSError as exc:
+                problems.append(
+                    f"overlay sink: preview cannot listen on {config.preview.bind} ({exc})"
+                )
+        return problems
+
+    @property
+    def preview_address(self) -> tuple[str, int] | None:
+        """The preview's bound (host, port), or None without a preview."""
+        return None if self._preview is None else self._preview.address
+
+    def send(self, event: LabelEvent, frame: Frame) -> None:
+        """Draw the event on its frame; write the stream's previous frame, update the preview."""
+        if frame.stream != event.stream:
+            raise SinkError(
+                f"{self.name}: event of {event.stream} came with a frame of {frame.stream}"
+            )
+        previous = self._pending.pop(event.stream, None)
+        self._pending[event.stream] = _Pending(event, frame)
+        if previous is not None:
+            self._write(previous)
+        if self._preview is not None:
+            self._preview.update(event.stream, self._draw(event, frame), event)
+
+    def send_change(self, change: ChangeEvent, state: LabelState) -> None:
+        """Highlight the frame that confirmed the change, and those after it for a while."""
+        pending = self._pending.get(change.stream)
+        confirming = pending is not None and pending.event.seq == change.seq
+        # Not the held frame (it was dropped): the highlight begins with the next frame.
+        self._highlights[change.stream] = Highlight(describe_change(change), None)
+        if self._preview is not None:
+            self._preview.set_state(change.stream, state)
+            if pending is not None and confirming:
+                self._preview.update(
+                    change.stream, self._draw(pending.event, pending.frame), pending.event
+                )
+
+    def send_status(self, status: StreamStatus) -> None:
+        """Show the stream's source state on the preview's index page."""
+        if self._preview is not None:
+            self._preview.set_status(status)
+
+    def _draw(self, event: LabelEvent, frame: Frame) -> npt.NDArray[np.uint8]:
+        highlight = self._highlights.get(event.stream)
+        text = None
+        if highlight is not None:
+            if highlight.until_pts is None:
+                highlight.until_pts = frame.pts + self._config.highlight_s
+            if frame.pts <= highlight.until_pts:
+                text = highlight.text
+            else:
+                del self._highlights[event.stream]
+        return draw_overlay(frame.image, event, top_k=self._config.top_k, highlight=text)
+
+    def _write(self, pending: _Pending) -> None:
+        if self._config.output is None:
+            return
+        event, frame = pending.event, pending.frame
+        image = self._draw(event, frame)
+        # yuv420p needs even sizes: drop an odd last row or column.
+        height, width = image.shape[0] & ~1, image.shape[1] & ~1
+        if height == 0 or width == 0:
+            raise SinkError(f"{self.name}: frame of {event.stream} is too small to encode")
+        image = image[:height, :width]
+        recording = self._recordings.get(event.stream)
+        if recording is not None and self._must_rotate(recording, width, height, frame.pts):
+            del self._recordings[event.stream]
+            recording.close()
+            recording = None
+        if recording is None:
+            recording = _Recording(
+                self._path_for(event.stream), width, height, self._config.preset, self._config.crf
+            )
+            self._recordings[event.stream] = recording
+        recording.write(np.ascontiguousarray(image), frame.pts)
+
+    def _must_rotate(self, recording: _Recording, width: int, height: int, pts: float) -> bool:
+        rotate = self._config.rotate
+        if (recording.width, recording.height) != (width, height):
+            return True
+        if rotate.max_seconds is not None and recording.seconds(pts) >= rotate.max_seconds:
+            return True
+        return rotate.max_bytes is not None and recording.bytes >= rotate.max_bytes
+
+    def _path_for(self, stream: str) -> Path:
+        assert self._config.output is not None
+        now = datetime.now(timezone.utc)
+        date = now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z"
+        safe = stream.replace("/", "_").replace("\\", "_")
+        path = Path(self._config.output.format(stream=safe, date=date))
+        candidate, n = path, 1
+        while candidate.exists() and n < 1000:
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+            n += 1
+        return candidate
+
+    def close(self) -> None:
+        """Write the held frames, finalise every file (so each plays) and stop the preview."""
+        problems: list[SinkError] = []
+        try:
+            for pending in list(self._pending.values()):
+                try:
+                    self._write(pending)
+                except SinkError as exc:
+                    problems.append(exc)
+            self._pending.clear()
+            for recording in list(self._recordings.values()):
+                try:
+                    recording.close()
+                except SinkError as exc:
+                    problems.append(exc)
+            self._recordings.clear()
+        finally:
+            if self._preview is not None:
+                self._preview.close()
+        if problems:
+            raise SinkError(
+                f"{self.name}: {len(problems)} problem(s) on close: {problems[0]}"
+            ) from problems[0]

@@ -1,0 +1,407 @@
+"""The overlay sink: annotated H.264 files and the live preview, checked in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from helpers import free_port, read_events, write_config
+
+from labelcast import Pipeline, load_config
+from labelcast.pipeline.frames import ChangeEvent, Frame, Label, LabelEvent, LabelState, ModelInfo
+from labelcast.sinks.overlay import OverlaySink, OverlaySinkConfig, describe_change, draw_overlay
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def decode(path: Path) -> tuple[list[np.ndarray], list[float], float]:
+    """Every frame of a file as RGB, their times (s), and the container's duration (s)."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+        duration = (container.duration or 0) / 1e6
+    return [f.to_ndarray(format="rgb24") for f in frames], [float(f.time) for f in frames], duration
+
+
+def source_frames(path: Path) -> dict[float, np.ndarray]:
+    """The clip's decoded frames by presentation time, rounded to ms."""
+    with av.open(str(path)) as container:
+        return {
+            round(float(f.time), 3): f.to_ndarray(format="rgb24") for f in container.decode(video=0)
+        }
+
+
+def event(stream: str, seq: int, pts: float, label: str, score: float = 0.9) -> LabelEvent:
+    return LabelEvent(
+        pipeline="t",
+        run="r",
+        stream=stream,
+        seq=seq,
+        pts=pts,
+        captured_at=1_764_300_000.0 + pts,
+        latency_ms=1.0,
+        labels=(Label(label, score, 0), Label("cup", 0.05, 4)),
+        model=ModelInfo("tiny", None, "fp32"),
+        dropped=0,
+    )
+
+
+def start_order(path: Path) -> tuple[str, int]:
+    base, _, n = path.stem.partition("-")
+    return base, int(n or 0)
+
+
+def banner_height(image: np.ndarray, lines: int) -> int:
+    """The banner's height for a frame with this many lines (as draw_overlay computes it)."""
+    size = max(10, round(image.shape[0] / 24))
+    pad = max(2, size // 3)
+    return pad + lines * (size + pad)
+
+
+def run_config(tiny_model, clip, output, log_path, **overlay):
+    return {
+        "name": "ov",
+        "model": {"id": str(tiny_model)},
+        "sources": [{"id": "door", "type": "file", "path": str(clip), "sample": {"fps": 2}}],
+        "sinks": [
+            {"type": "log", "path": str(log_path)},
+            {"type": "overlay", "output": str(output), "lossless": True, **overlay},
+        ],
+    }
+
+
+def test_annotated_file_has_one_frame_per_event_with_the_label_drawn(tiny_model, clips, tmp_path):
+    # Given a pipeline over a 4 s, 25 fps clip sampled at 2 fps with an overlay file sink
+    log_path = tmp_path / "events.jsonl"
+    output = tmp_path / "out" / "{stream}" / "{date}.mp4"
+    config = run_config(tiny_model, clips["short"], output, log_path, crf=12, highlight_s=0)
+    config["sinks"][0]["events"] = True
+    path = write_config(tmp_path, config)
+    # When it runs to the end
+    Pipeline(load_config(path)).run()
+    # Then one file holds one frame per event, at the events' times, lasting as long
+    records = read_events(log_path)
+    events = [r for r in records if r["schema"] == "labelcast.label/1"]
+    highlights = {r["seq"]: change_text(r) for r in records if r["schema"] == "labelcast.change/1"}
+    files = sorted((tmp_path / "out" / "door").glob("*.mp4"))
+    assert len(files) == 1 and len(events) == 8
+    images, times, duration = decode(files[0])
+    assert len(images) == len(events)
+    first = events[0]["pts"]
+    assert times == pytest.approx([e["pts"] - first for e in events], abs=0.002)
+    assert duration == pytest.approx(len(events) * 0.5, abs=0.05)
+    # And each frame is its event's source frame with a banner carrying the event's label
+    sources = source_frames(clips["short"])
+    for image, record in zip(images, events, strict=True):
+        source = sources[round(record["pts"], 3)]
+        highlight = highlights.get(record["seq"])
+        top = banner_height(source, 2 if highlight is None else 3)
+        inner = (slice(top + 4, -8), slice(8, -8))  # inside a change's border
+        below = np.abs(image[inner].astype(int) - source[inner].astype(int)).mean()
+        banner = np.abs(image[:top].astype(int) - source[:top].astype(int)).mean()
+        assert below < 4 and banner > 30, (below, banner)
+        labels = tuple(Label(x["label"], x["score"], x["class_id"]) for x in record["labels"])
+        real = event("door", record["seq"], record["pts"], "x")
+        real = dataclasses.replace(real, labels=labels, captured_at=_unix(record))
+        wrong = dataclasses.replace(real, labels=(Label("space shuttle", 0.5, 6),))
+        drawn = draw_overlay(source, real, highlight=highlight).astype(int)[:top]
+        other = draw_overlay(source, wrong, highlight=highlight).astype(int)[:top]
+        got = image[:top].astype(int)
+        # Where the two labels' text differ, the frame looks like its own label's text.
+        text = np.abs(drawn - other).max(axis=-1) > 60
+        assert text.sum() > 50
+        assert np.abs(got - drawn)[text].mean() < np.abs(got - other)[text].mean() / 3
+
+
+def change_text(record: dict) -> str:
+    """The line the overlay draws for a logged change event."""
+    change = ChangeEvent(
+        "t", "r", "door", record["type"], record["label"], record["previous"], None, 0, 0, 0
+    )
+    return describe_change(change)
+
+
+def _unix(record: dict) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(record["captured_at"].replace("Z", "+00:00")).timestamp()
+
+
+def test_change_frames_are_highlighted_and_files_rotate(tmp_path):
+    # Given an overlay sink rotating files every 2 s of stream time
+    config = OverlaySinkConfig(
+        output=str(tmp_path / "{stream}" / "{date}.mp4"),
+        rotate={"max_seconds": 2.0},
+        highlight_s=0.0,
+    )
+    sink = OverlaySink(config)
+    grey = np.full((120, 160, 3), 128, np.uint8)
+    # When 10 frames at 2 fps arrive and the 3rd confirms a change of label
+    for seq in range(1, 11):
+        pts = (seq - 1) * 0.5
+        sink.send(event("cam", seq, pts, "tabby, tabby cat"), Frame("cam", seq, pts, 0.0, grey))
+        if seq == 3:
+            change = ChangeEvent("t", "r", "cam", "start", "tabby", None, 0.9, 1.0, 0.0, 3)
+            sink.send_change(change, LabelState("t", "cam", "tabby", 0.9, 1.0))
+    sink.close()
+    # Then the frames are split over 3 playable files (2 s each) and only frame 3 is framed
+    # Files are named by their start time (ms); one begun in the same ms gets a -1 suffix.
+    files = sorted((tmp_path / "cam").glob("*.mp4"), key=start_order)
+    decoded = [decode(f)[0] for f in files]
+    assert [len(d) for d in decoded] == [4, 4, 2]
+    frames = [image for images in decoded for image in images]
+    border = [int(image[60, 0, 0]) - int(image[60, 0, 2]) for image in frames]
+    assert border[2] > 100 and all(abs(b) < 20 for i, b in enumerate(border) if i != 2)
+
+
+def test_a_file_plays_after_sigterm_mid_run(tiny_model, clips, tmp_path):
+    # Given `labelcast run` over a long clip sampling every frame, writing an overlay file
+    log_path = tmp_path / "events.jsonl"
+    output = tmp_path / "out" / "{stream}" / "{date}.mp4"
+    config = run_config(tiny_model, clips["long"], output, log_path)
+    config["sources"][0]["sample"] = {"every": 1}
+    path = write_config(tmp_path, config)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labelcast", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not log_path.exists() or len(log_path.read_text().splitlines()) < 20:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        # When it gets SIGTERM mid-run
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    # Then it exits 0 and the file is complete: every frame of every event decodes
+    assert process.returncode == 0, stderr
+    events = read_events(log_path)
+    assert 20 <= len(events) < 600
+    files = list((tmp_path / "out" / "door").glob("*.mp4"))
+    assert len(files) == 1
+    images, _, duration = decode(files[0])
+    assert len(images) == len(events)
+    assert duration == pytest.approx(len(events) / 30, abs=0.1)
+
+
+# --- the live preview ----------------------------------------------------------------------
+
+
+class Feeder:
+    """Feeds an overlay sink the frames of a clip at ~10 fps on a thread, until stopped."""
+
+    def __init__(self, sink: OverlaySink, clip: Path, streams: tuple[str, ...]) -> None:
+        with av.open(str(clip)) as container:
+            self.images = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][::10]
+        self.sink, self.streams = sink, streams
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="test-feeder", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        while not self.stop.is_set():
+            seq += 1
+            image = self.images[seq % len(self.images)]
+            for stream in self.streams:
+                pts = seq * 0.1
+                self.sink.send(
+                    event(stream, seq, pts, "tabby, tabby cat"), Frame(stream, seq, pts, 0.0, image)
+                )
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sink.close()
+
+
+def read_parts(url: str, count: int, auth: str | None = None) -> list[bytes]:
+    """Read ``count`` JPEG parts of an MJPEG stream."""
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", auth)
+    parts = []
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        while len(parts) < count:
+            line = response.readline()
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+                response.readline()  # blank line
+                parts.append(response.read(length))
+    return parts
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def chromium(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / f"profile-{time.monotonic_ns()}"
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--window-size=1280,800",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def preview(clips, tmp_path):
+    port = free_port()
+    sink = OverlaySink(OverlaySinkConfig(preview={"bind": f"127.0.0.1:{port}"}))
+    feeder = Feeder(sink, clips["long"], ("door", "lobby"))
+    deadline = time.monotonic() + 10
+    while sink._preview is not None and len(sink._preview.summary()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    feeder.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_preview_page_in_headless_chromium_lists_streams_with_a_changing_picture(preview, tmp_path):
+    # Given a preview fed two streams; when headless Chromium loads the index page
+    dom = chromium(preview, tmp_path, "--dump-dom", "--virtual-time-budget=2000")
+    shot = tmp_path / "preview.png"
+    chromium(preview, tmp_path, f"--screenshot={shot}", "--virtual-time-budget=2000")
+    # Then the page lists both streams with their labels, and renders a screenshot
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'id="s-door"' in dom.stdout and 'id="s-lobby"' in dom.stdout
+    assert "tabby, tabby cat" in dom.stdout
+    assert 'src="stream/door.mjpg"' in dom.stdout
+    assert shot.exists() and shot.stat().st_size > 5000
+    # And each stream's MJPEG view serves non-empty JPEGs that change
+    first, second = read_parts(preview + "stream/door.mjpg", 2)
+    assert first.startswith(b"\xff\xd8") and len(first) > 1000 and first != second
+
+
+def test_preview_basic_auth_refuses_a_wrong_password(clips, tmp_path, monkeypatch):
+    # Given a preview with a password from the environment
+    monkeypatch.setenv("PREVIEW_PASSWORD", "s3cret")
+    port = free_port()
+    config = {
+        "sources": [{"id": "door", "type": "file", "path": str(clips["short"])}],
+        "sinks": [
+            {
+                "type": "overlay",
+                "preview": {"bind": f"127.0.0.1:{port}", "password": "${PREVIEW_PASSWORD}"},
+            }
+        ],
+    }
+    sink_config = load_config(write_config(tmp_path, config)).sinks[0]
+    assert isinstance(sink_config, OverlaySinkConfig)
+    assert "s3cret" not in repr(sink_config)
+    sink = OverlaySink(sink_config)
+    feeder = Feeder(sink, clips["short"], ("door",))
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        # When a client sends no or a wrong password, then it gets 401 with a challenge
+        for auth in (None, basic("labelcast", "wrong"), basic("someone", "s3cret")):
+            request = urllib.request.Request(url + "stream/door.mjpg")
+            if auth:
+                request.add_header("Authorization", auth)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == 401
+            assert refused.value.headers["WWW-Authenticate"].startswith("Basic")
+        # And the right password gets the page and the pictures
+        request = urllib.request.Request(
+            url, headers={"Authorization": basic("labelcast", "s3cret")}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert b'id="s-door"' in response.read()
+        assert len(read_parts(url + "stream/door.mjpg", 1, basic("labelcast", "s3cret"))) == 1
+    finally:
+        feeder.close()
+
+
+def test_a_viewer_that_never_reads_does_not_slow_the_pipeline(tiny_model, clips, tmp_path):
+    # Given a pipeline whose overlay preview is lossless (a blocking sink would stall it)
+    def run(stalled: bool) -> tuple[float, int]:
+        port = free_port()
+        config = {
+            "name": "ov",
+            "model": {"id": str(tiny_model)},
+            "sources": [
+                {"id": "door", "type": "file", "path": str(clips["long"]), "sample": {"every": 2}}
+            ],
+            "sinks": [
+                {"type": "overlay", "lossless": True, "preview": {"bind": f"127.0.0.1:{port}"}}
+            ],
+        }
+        pipeline = Pipeline(load_config(write_config(tmp_path, config)))
+        viewers: list[socket.socket] = []
+        started = time.monotonic()
+        pipeline.start()
+        if stalled:
+            # When a viewer opens the MJPEG stream and never reads (tiny receive buffer)
+            deadline = time.monotonic() + 30
+            while pipeline.stats["door"].classified < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            viewer = socket.socket()
+            viewer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            viewer.connect(("127.0.0.1", port))
+            viewer.sendall(b"GET /stream/door.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+            viewers.append(viewer)
+        sinks = pipeline.sinks
+        assert pipeline.wait(timeout=60)
+        elapsed = time.monotonic() - started
+        received = b""
+        for viewer in viewers:
+            viewer.settimeout(0.5)
+            with contextlib.suppress(OSError):
+                while chunk := viewer.recv(1 << 20):
+                    received += chunk
+            viewer.close()
+        classified = pipeline.stats["door"].classified
+        assert classified == 300 and sinks[0].counters.dropped == 0
+        return classified / elapsed, received.count(b"--labelcastframe")
+
+    baseline, _ = run(stalled=False)
+    with_viewer, parts = run(stalled=True)
+    # Then the pipeline's rate is about the same (a blocked lossless sink would stall it for
+    # the viewer's whole client_timeout_s; the margin absorbs a shared machine's noise), and
+    # the viewer was left behind (it got only the pictures that fit its socket)
+    assert with_viewer > 0.4 * baseline, (baseline, with_viewer)
+    assert 1 <= parts < 300
+
+
+def test_overlay_config_needs_an_output_and_rejects_unknown_keys():
+    with pytest.raises(ValueError):
+        OverlaySinkConfig()
+    with pytest.raises(ValueError):
+        OverlaySinkConfig(output="out/{stream}/{date}.mp4", colour="red")
+    with pytest.raises(ValueError):
+        OverlaySinkConfig(output="out/{stream}/{when}.mp4")
