@@ -117,6 +117,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="model.backend for bare and e2e; with onnxruntime, --precision int8 means "
+        "model.onnx.quantize: int8 (the export is cached, see docs/onnx.md)",
+    )
+    parser.add_argument(
         "--model",
         type=Path,
         help="checkpoint directory with real weights (default: random-weight BEiT-base)",
@@ -163,6 +170,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         "batch": pick(args.batch, 32, 4),
         "max_wait_ms": pick(args.max_wait_ms, DEFAULT_MAX_WAIT_MS, DEFAULT_MAX_WAIT_MS),
         "precision": args.precision,
+        "backend": args.backend,
         "device": args.device,
         "warmup": pick(args.warmup, 2, 1),
         "min_iters": pick(args.iters, 5, 2),
@@ -336,6 +344,7 @@ def phase_bare(settings: dict[str, Any]) -> dict[str, Any]:
         "preprocess_ms_per_batch": _summary([t * 1000 for t in preprocess_times]),
         "device": str(device),
         "precision": classifier.info.precision,
+        "backend": classifier.info.backend,
         **_process_info(device),
     }
 
@@ -451,6 +460,7 @@ def phase_e2e(settings: dict[str, Any]) -> dict[str, Any]:
         "top1": [[e[0], round(e[2], 3), e[4]] for e in events],
         "device": str(device),
         "precision": classifier.info.precision,
+        "backend": classifier.info.backend,
         **_process_info(device),
     }
 
@@ -548,14 +558,27 @@ PHASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 def model_config(settings: dict[str, Any]) -> Any:
     from labelcast.pipeline.classifier import ModelConfig
 
+    precision = settings["precision"]
+    model: dict[str, Any] = {}
+    if settings.get("backend", "torch") == "onnxruntime":
+        quantize = "int8" if precision == "int8" else "none"
+        precision = "auto" if precision == "int8" else precision
+        model = {"backend": "onnxruntime", "onnx": {"quantize": quantize}}
     return ModelConfig.model_validate(
         {
             "id": settings["model_dir"],
             "device": settings["device"],
-            "precision": settings["precision"],
+            "precision": precision,
             "batch": {"max_size": settings["batch"], "max_wait_ms": settings["max_wait_ms"]},
+            **model,
         }
     )
+
+
+def _engine(result: dict[str, Any]) -> str:
+    """Precision, and the backend when it is not torch (e.g. "int8 onnxruntime")."""
+    backend = result.get("backend", "torch")
+    return result["precision"] + ("" if backend == "torch" else f" {backend}")
 
 
 def _batch_stats(pipeline: Any) -> dict[str, Any] | None:
@@ -829,9 +852,9 @@ def report(r: dict[str, Any]) -> str:
         f"(expected {r['expected_frames']})",
         "",
         f"{'':44}{'frames/s':>10}{'peak RSS':>12}{'CPU to others':>15}",
-        f"{'(a) bare model, batch ' + str(bare['batch']) + ', ' + bare['precision']:44}"
+        f"{'(a) bare model, batch ' + str(bare['batch']) + ', ' + _engine(bare):44}"
         f"{bare['frames_per_s']:10.2f}{bare['peak_rss_mb']:9.0f} MB{_others(bare):>15}",
-        f"{'(b) labelcast e2e, ' + str(s['streams']) + ' streams, ' + e2e['precision']:44}"
+        f"{'(b) labelcast e2e, ' + str(s['streams']) + ' streams, ' + _engine(e2e):44}"
         f"{e2e['frames_per_s']:10.2f}{e2e['peak_rss_mb']:9.0f} MB{_others(e2e):>15}",
     ]
     if naive is not None:

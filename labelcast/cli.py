@@ -1,4 +1,4 @@
-"""The ``labelcast`` command: run, check, reload, schema, model-info, verify, listen."""
+"""The ``labelcast`` command: run, check, reload, schema, model-info, verify, export, listen."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(config)
         if args.command == "verify":
             return _verify(config, args)
+        if args.command == "export":
+            return _export(config, args)
         if args.command == "listen":
             return _listen(config, args)
         if args.command == "reload":
@@ -139,6 +141,20 @@ def _parser() -> argparse.ArgumentParser:
         help="fail if top-1 agreement with fp32 is below PCT",
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    text = "export the configured model to ONNX for model.backend: onnxruntime (docs/onnx.md)"
+    export = commands.add_parser("export", help=text, description=text)
+    export.add_argument("config", type=Path, help="pipeline YAML file (its model settings)")
+    export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    export.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="FILE", help="the .onnx file to write"
+    )
+    export.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: ONNX Runtime dynamic quantization (an accuracy trade-off; default none)",
+    )
+    export.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -232,6 +248,14 @@ def _verify(config: PipelineConfig, args: argparse.Namespace) -> int:
     report = verify(config, args.images, thresholds)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return EXIT_OK if report["passed"] else EXIT_FAILED
+
+
+def _export(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from labelcast.export import export, format_export
+
+    result = export(config.model, args.output, args.quantize)
+    print(json.dumps(result, indent=2) if args.json else format_export(result))
+    return EXIT_OK
 
 
 def _listen(config: PipelineConfig, args: argparse.Namespace) -> int:

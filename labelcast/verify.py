@@ -20,7 +20,7 @@ import torch
 from labelcast.config import PipelineConfig
 from labelcast.errors import ConfigError, SourceError
 from labelcast.pipeline.agreement import agreement
-from labelcast.pipeline.classifier import Classifier
+from labelcast.pipeline.classifier import Classifier, reference_config
 from labelcast.pipeline.postprocess import Postprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -61,11 +61,16 @@ def read_image(path: Path) -> npt.NDArray[np.uint8]:
 
 
 def verify(config: PipelineConfig, folder: Path, thresholds: VerifyThresholds) -> dict[str, Any]:
-    """Run the checks and return the report (``report["passed"]`` says pass or fail)."""
+    """Run the checks and return the report (``report["passed"]`` says pass or fail).
+
+    The reference is fp32 torch on the configured device, whatever the configured
+    precision and backend (``model.backend: onnxruntime`` is compared with torch).
+    """
     images = find_images(folder)
     pictures = [read_image(path) for path, _ in images]
     configured = Classifier.load(config.model)
-    reference = Classifier.load(config.model, precision="fp32")
+    # The reference is always fp32 torch, also when the configured backend is onnxruntime.
+    reference = Classifier.load(reference_config(config.model), precision="fp32")
     batch = config.model.batch.max_size
     logits = _logits(configured, pictures, batch)
     reference_logits = _logits(reference, pictures, batch)
@@ -75,8 +80,9 @@ def verify(config: PipelineConfig, folder: Path, thresholds: VerifyThresholds) -
             "revision": configured.info.revision,
             "device": configured.info.device,
             "precision": configured.info.precision,
+            "backend": configured.info.backend,
         },
-        "reference": {"device": reference.info.device, "precision": "fp32"},
+        "reference": {"device": reference.info.device, "precision": "fp32", "backend": "torch"},
         "images": len(images),
         "agreement": agreement(logits, reference_logits),
     }
@@ -119,7 +125,9 @@ def format_report(report: dict[str, Any]) -> str:
     model, agreement = report["model"], report["agreement"]
     lines = [
         f"model {model['id']} (revision {model['revision'] or 'local'}) on {model['device']} "
-        f"in {model['precision']}, {report['images']} images",
+        f"in {model['precision']}"
+        + (f" ({model['backend']})" if model.get("backend", "torch") != "torch" else "")
+        + f", {report['images']} images",
         f"agreement with fp32: top-1 {agreement['top1_agreement_pct']:.2f}%, top-5 overlap "
         f"{agreement['top5_overlap_pct']:.2f}%, |Δ logit| max {agreement['max_abs_logit_diff']:.4g}"
         f" mean {agreement['mean_abs_logit_diff']:.4g}",

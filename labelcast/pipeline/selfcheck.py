@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from labelcast.pipeline.agreement import agreement
-from labelcast.pipeline.classifier import Classifier, ModelConfig
+from labelcast.pipeline.classifier import Classifier, ModelConfig, reference_config
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def run_self_check(
     by more than ``model.self_check_max_score_diff``; returns the numbers.
     """
     frames = list(images[:SELF_CHECK_FRAMES])
-    reference = Classifier.load(config, precision="fp32")
+    reference = Classifier.load(reference_config(config), precision="fp32")
     result = agreement(classifier.logits(frames), reference.logits(frames))
     del reference
     summary = (
