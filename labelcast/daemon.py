@@ -79,7 +79,11 @@ class Daemon:
                 config = load_config(self._config_path, self._overrides)
                 result = self.pipeline.reconfigure(config)
             except LabelcastError as exc:
-                log.error("reload rejected, still running the previous configuration: %s", exc)
+                log.error(
+                    "reload rejected, still running the previous configuration: %s",
+                    exc,
+                    extra={"always": True},
+                )
                 return False, {"error": str(exc)}
             finally:
                 self._notifier.notify("READY=1")

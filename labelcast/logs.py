@@ -2,7 +2,8 @@
 
 Every record carries the pipeline name; records logged on a source's thread (named
 ``source:<id>``) carry that stream. Repeated warnings and errors (same logger, same
-message template) are let through once per ``window_s`` and then summarised with a count.
+message template) are let through once per ``window_s`` and then summarised with a count;
+a record logged with ``extra={"always": True}`` is never held back.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ class _RateLimit(logging.Filter):
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or self.window_s <= 0:
+        # Answers to an operator's action (a reload) are never held back.
+        if (
+            record.levelno < logging.WARNING
+            or self.window_s <= 0
+            or getattr(record, "always", False)
+        ):
             return True
         key = (record.name, str(record.msg))
         now = time.monotonic()

@@ -339,11 +339,14 @@ def test_reload_adds_and_removes_streams_while_the_others_run(
     dropped_then = count("drop")
     wait_until(lambda: count("add") >= 3, 30, "the added stream")
     kept_then = count("keep")
-    # And an invalid config is asked for over HTTP (labelcast reload), it is rejected
+    # And an invalid config, on SIGHUP and over HTTP (labelcast reload), is rejected
     path.write_text("name: reload\nsources: [{id: x, type: nope}]\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: daemon.stderr.count("reload rejected") == 1, 30, "a rejection")
     result = run_cli("reload", str(write_config(tmp_path, config(["keep"]), "client.yaml")))
     assert result.returncode == 1
-    assert "reload rejected" in daemon.stderr
+    assert daemon.stderr.count("reload rejected") == 2
+    assert "sources.0.type" in daemon.stderr.split("reload rejected")[1]
     wait_until(lambda: count("keep") >= kept_then + 3, 30, "keep running on")
     # Then the kept stream ran throughout without a gap, the removed one stopped
     assert daemon.stop() == 0, daemon.stderr
