@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def signal_mid_run(config: Path, log_path: Path, after_lines: int, signum: int) -> tuple[int, str]:
+    """Run ``labelcast run CONFIG``, send ``signum`` once ``log_path`` has ``after_lines``
+    events, and return its exit code and stderr."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labelcast", "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not log_path.exists() or len(log_path.read_text().splitlines()) < after_lines:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    return process.returncode, stderr

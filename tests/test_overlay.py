@@ -8,7 +8,6 @@ import dataclasses
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -18,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import free_port, read_events, write_config
+from helpers import free_port, read_events, signal_mid_run, write_config
 
 from labelcast import Pipeline, load_config
 from labelcast.pipeline.frames import ChangeEvent, Frame, Label, LabelEvent, LabelState, ModelInfo
@@ -173,24 +172,10 @@ def test_a_file_plays_after_sigterm_mid_run(tiny_model, clips, tmp_path):
     config = run_config(tiny_model, clips["long"], output, log_path)
     config["sources"][0]["sample"] = {"every": 1}
     path = write_config(tmp_path, config)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labelcast", "run", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not log_path.exists() or len(log_path.read_text().splitlines()) < 20:
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.1)
-        # When it gets SIGTERM mid-run
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
+    # When it gets SIGTERM mid-run
+    returncode, stderr = signal_mid_run(path, log_path, 20, signal.SIGTERM)
     # Then it exits 0 and the file is complete: every frame of every event decodes
-    assert process.returncode == 0, stderr
+    assert returncode == 0, stderr
     events = read_events(log_path)
     assert 20 <= len(events) < 600
     files = list((tmp_path / "out" / "door").glob("*.mp4"))

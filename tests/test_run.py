@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TINY_LABELS
-from helpers import by_stream, read_events, run_cli, write_config
+from helpers import by_stream, read_events, run_cli, signal_mid_run, write_config
 
 
 def two_stream_config(tiny_model: Path, clips: dict[str, Path], out: Path) -> dict[str, Any]:
@@ -139,24 +136,10 @@ def test_a_signal_stops_cleanly_and_flushes_the_sink(tiny_model, clips, tmp_path
         {"id": "door", "type": "file", "path": str(clips["long"]), "sample": {"every": 1}}
     ]
     path = write_config(tmp_path, config)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labelcast", "run", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not out.exists() or len(out.read_text().splitlines()) < 5:
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.1)
-        # When it gets the signal mid-run
-        process.send_signal(signum)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
+    # When it gets the signal mid-run
+    returncode, stderr = signal_mid_run(path, out, 5, signum)
     # Then it exits 0 and every event written is a whole line, in sequence, fewer than all
-    assert process.returncode == 0, stderr
+    assert returncode == 0, stderr
     events = read_events(out)
     assert 5 <= len(events) < 600
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
