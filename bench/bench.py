@@ -21,8 +21,37 @@ the microsoft/beit-base-patch16-224 architecture with the hub's preprocessing co
 random weights, the same compute as the real checkpoint. Every figure comes from real
 forward passes; nothing is simulated.
 
+Modes, added to the same run:
+
+``--decode keyframes``
+    e2e reads its files with ``decode: keyframes`` (only key frames are decoded). The
+    clips are then encoded with a key frame at least every ``1/fps`` seconds of video
+    (a GOP of ``floor(30 / fps)`` frames; cached per GOP in ``--workdir``) and every
+    phase uses them. The naive baseline still decodes every frame: that is the loop a
+    user writes.
+``--load FRACTION``
+    After the three phases, a ``load`` phase: the clips replayed as live cameras
+    (file sources with ``realtime: true, loop: true``) for ``--load-seconds``,
+    together offering FRACTION x the capacity measured in this run (``--capacity-from
+    bare``, the default, or ``e2e``; frames/s; ``--capacity`` gives one instead),
+    shared evenly by the streams' sampling rates. It reports latency p50/p99
+    (capture -> sink hand-off) against the target ``max_wait_ms + 2 x one batch's
+    model time``, where one batch's model time is the median time ``classify()`` took
+    per batch in that phase, and the frames offered, classified and dropped.
+``--soak-minutes M``
+    A ``soak`` phase: the same live-paced sources at ``--soak-load`` (default 2) x
+    capacity for M minutes. Frames must be dropped (counted in events' ``dropped``);
+    RSS is sampled every few seconds, and its growth is the median of the last
+    minute against the median of the first (of the first and last fifth when the
+    soak is shorter than five minutes).
+``--buckets 1,8,32`` and ``--compile torch-compile``
+    ``model.batch.buckets`` and ``model.compile`` for bare, e2e, load and soak.
+
     python bench/bench.py                       # 4 streams x 20 s, 2 fps sampling
     python bench/bench.py --seconds 10 --json out.json
+    python bench/bench.py --decode keyframes --json out.json
+    python bench/bench.py --load 0.5 --skip-naive          # latency at half capacity
+    python bench/bench.py --soak-minutes 10 --skip-naive   # 2x capacity for 10 minutes
     python bench/bench.py --quick               # a smoke run of a few seconds
 """
 
@@ -132,12 +161,61 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache for clips and the model"
     )
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument(
+        "--decode",
+        default="all",
+        choices=["all", "keyframes"],
+        help="e2e file sources' decode mode; keyframes makes clips with a key frame every "
+        "1/fps s (the naive loop still decodes all)",
+    )
+    parser.add_argument(
+        "--load",
+        type=float,
+        metavar="FRACTION",
+        help="add a load phase: live-paced sources offering FRACTION x capacity",
+    )
+    parser.add_argument(
+        "--load-seconds", type=float, help="length of the load phase (default 60; --quick 6)"
+    )
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        metavar="M",
+        help="add a soak phase: live-paced sources at --soak-load x capacity for M minutes",
+    )
+    parser.add_argument(
+        "--soak-load", type=float, default=2.0, help="soak: FRACTION of capacity (default 2)"
+    )
+    parser.add_argument(
+        "--capacity-from",
+        default="bare",
+        choices=["bare", "e2e"],
+        help="capacity for --load and --soak: the bare model's or e2e's frames/s (default bare)",
+    )
+    parser.add_argument(
+        "--capacity",
+        type=float,
+        metavar="FRAMES_PER_S",
+        help="use this capacity for --load and --soak instead of measuring it (e.g. a "
+        "tiny model's, which would need hundreds of streams)",
+    )
+    parser.add_argument(
+        "--buckets",
+        type=_bucket_list,
+        help="model.batch.buckets, comma-separated (e.g. 1,8,32; the largest >= --batch)",
+    )
+    parser.add_argument(
+        "--compile",
+        default="none",
+        choices=["none", "torch-compile"],
+        help="model.compile (needs --buckets)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--warmup", type=int, help="bare: warm-up iterations (default 2)")
     parser.add_argument("--iters", type=int, help="bare: least timed iterations (default 5)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     # Internal: a phase run in a child process.
-    parser.add_argument("--phase", choices=["bare", "e2e", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=["bare", "e2e", "naive", "live"], help=argparse.SUPPRESS)
     parser.add_argument("--settings", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--phase-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -146,11 +224,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             value = getattr(args, name)
             if value is not None and value < 1:
                 parser.error(f"--{name} must be at least 1")
-        for name in ("seconds", "fps"):
+        positive = ("seconds", "fps", "load", "load_seconds", "soak_minutes", "soak_load")
+        for name in (*positive, "capacity"):
             value = getattr(args, name)
             if value is not None and value <= 0:
-                parser.error(f"--{name} must be positive")
+                parser.error(f"--{name.replace('_', '-')} must be positive")
+        if args.compile != "none" and not args.buckets:
+            parser.error("--compile needs --buckets (the batch sizes to compile for)")
     return args
+
+
+def _bucket_list(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of sizes: {text}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("bucket sizes must be positive integers")
+    return sizes
 
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,7 +251,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     def pick(value: Any, normal: Any, small: Any) -> Any:
         return value if value is not None else (small if quick else normal)
 
-    return {
+    settings = {
         "quick": quick,
         "streams": pick(args.streams, 4, 2),
         "seconds": pick(args.seconds, 20.0, 2.0),
@@ -177,7 +268,21 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         "min_seconds": 0.0 if quick else 10.0,
         "max_iters": 200,
         "skip_naive": args.skip_naive,
+        "decode": args.decode,
+        "gop": None,
+        "load": args.load,
+        "load_seconds": pick(args.load_seconds, 60.0, 6.0),
+        "soak_minutes": args.soak_minutes,
+        "soak_load": args.soak_load,
+        "capacity_from": "given" if args.capacity is not None else args.capacity_from,
+        "capacity": args.capacity,
+        "buckets": args.buckets,
+        "compile": args.compile,
     }
+    if args.decode == "keyframes":
+        # A key frame at least every 1/fps s of video: each sampling slot has one.
+        settings["gop"] = max(1, math.floor(CLIP_FPS / settings["sample_fps"] + 1e-9))
+    return settings
 
 
 # --------------------------------------------------------------------------- inputs
@@ -193,8 +298,11 @@ def prepare_clips(workdir: Path, settings: dict[str, Any]) -> list[Path]:
     for index in range(settings["streams"]):
         shift = index % len(PHOTOS)
         photos = PHOTOS[shift:] + PHOTOS[:shift]
+        gop = settings.get("gop")
         name = (
-            f"clip{shift}-{width}x{height}-{settings['seconds']:g}s-{settings['clip_fps']}fps.mp4"
+            f"clip{shift}-{width}x{height}-{settings['seconds']:g}s-{settings['clip_fps']}fps"
+            + (f"-g{gop}" if gop else "")
+            + ".mp4"
         )
         path = workdir / "clips" / name
         if not path.is_file():
@@ -207,6 +315,7 @@ def prepare_clips(workdir: Path, settings: dict[str, Any]) -> list[Path]:
                 fps=settings["clip_fps"],
                 size=(height, width),
                 photos=photos,
+                gop=gop,
             )
             os.replace(partial, path)
         clips.append(path)
@@ -288,9 +397,21 @@ def decode_sampled(clips: Sequence[Path], count: int, sample_fps: float) -> list
     return [frames[i % len(frames)] for i in range(count)]
 
 
-def sampled_count(frame_count: int, video_fps: float, sample_fps: float) -> int:
-    """How many of ``frame_count`` frames sampling by index at ``sample_fps`` takes."""
-    return len({sample_slot(i, video_fps, sample_fps) for i in range(frame_count)})
+def sampled_count(
+    frame_count: int, video_fps: float, sample_fps: float, gop: int | None = None
+) -> int:
+    """How many of ``frame_count`` frames sampling at ``sample_fps`` takes.
+
+    With ``gop`` only key frames (every ``gop``-th frame) are decoded, and labelcast's
+    sampler takes the first key frame at or after each sampling slot.
+    """
+    if gop is None:
+        return len({sample_slot(i, video_fps, sample_fps) for i in range(frame_count)})
+    from labelcast.pipeline.sampler import SampleConfig, Sampler
+
+    sampler = Sampler(SampleConfig(fps=sample_fps))
+    keyframes = range(0, frame_count, gop)
+    return sum(sampler.take(n, index / video_fps) for n, index in enumerate(keyframes))
 
 
 def sample_slot(index: int, video_fps: float, sample_fps: float) -> int:
@@ -349,12 +470,27 @@ def phase_bare(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def pipeline_config(settings: dict[str, Any], sources: list[dict[str, Any]]) -> Any:
+    """Return the labelcast config of an e2e, load or soak phase: these sources, no sinks."""
+    import yaml
+
+    from labelcast import parse_config
+
+    raw = {
+        "name": "bench",
+        "model": model_config(settings).model_dump(),
+        "sources": sources,
+        "labels": {"top_k": 5},
+        "sinks": [],
+    }
+    return parse_config(yaml.safe_dump(raw, sort_keys=False), "bench")
+
+
 def phase_e2e(settings: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
-    import yaml
 
-    from labelcast import LabelEvent, Pipeline, parse_config
+    from labelcast import LabelEvent, Pipeline
     from labelcast.pipeline.classifier import Classifier
 
     sources = [
@@ -363,17 +499,11 @@ def phase_e2e(settings: dict[str, Any]) -> dict[str, Any]:
             "type": "file",
             "path": str(clip),
             "sample": {"fps": settings["sample_fps"]},
+            "decode": settings.get("decode", "all"),
         }
         for i, clip in enumerate(settings["clips"])
     ]
-    raw = {
-        "name": "bench",
-        "model": model_config(settings).model_dump(),
-        "sources": sources,
-        "labels": {"top_k": 5},
-        "sinks": [],
-    }
-    config = parse_config(yaml.safe_dump(raw, sort_keys=False), "bench")
+    config = pipeline_config(settings, sources)
 
     # Load and warm up the model first, as a running daemon would have: the figure is
     # the steady-state rate, not start-up time (reported apart).
@@ -548,10 +678,201 @@ def phase_naive(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def phase_live(settings: dict[str, Any]) -> dict[str, Any]:
+    """Live-paced sources at a fraction of capacity: latency, drops, and RSS over time.
+
+    ``settings["live"]`` says which (``load`` or ``soak``), the fraction, the capacity
+    (frames/s) and for how long. The clips are file sources with ``realtime`` and
+    ``loop``: each releases frames at the clip's own rate, as a camera would.
+    """
+    import threading
+
+    import numpy as np
+    import torch
+
+    from labelcast import LabelEvent, Pipeline
+    from labelcast.pipeline.classifier import Classifier
+
+    live = settings["live"]
+    streams = len(settings["clips"])
+    offered_fps = live["fraction"] * live["capacity"]
+    per_stream_fps = offered_fps / streams
+    if per_stream_fps > CLIP_FPS:
+        raise SystemExit(
+            f"{live['kind']}: {offered_fps:.1f} frames/s over {streams} streams is "
+            f"{per_stream_fps:.1f} per stream, more than the clips' {CLIP_FPS} fps; "
+            f"use --streams {math.ceil(offered_fps / CLIP_FPS)} or more"
+        )
+    keyframe_fps = CLIP_FPS / settings["gop"] if settings.get("gop") else None
+    if keyframe_fps is not None and per_stream_fps > keyframe_fps + 1e-9:
+        log(
+            f"{live['kind']}: {per_stream_fps:.2f} frames/s per stream is more than the "
+            f"clips' key frames ({keyframe_fps:g}/s): decode keyframes offers fewer"
+        )
+    sources = [
+        {
+            "id": f"cam{i}",
+            "type": "file",
+            "path": str(clip),
+            "sample": {"fps": per_stream_fps},
+            "decode": settings.get("decode", "all"),
+            "realtime": True,
+            "loop": True,
+        }
+        for i, clip in enumerate(settings["clips"])
+    ]
+    config = pipeline_config(settings, sources)
+    classifier = Classifier.load(config.model)
+    device = torch.device(classifier.info.device)
+    sync = _synchronizer(device)
+    # Warm up the batch sizes this load forms (1 up to one frame per stream).
+    warm = decode_sampled(settings["clips"], min(streams, settings["batch"]), 1.0)
+    for size in sorted({1, len(warm)}):
+        classifier.classify(warm[:size])
+    del warm
+
+    classify_times: list[float] = []
+    batch_sizes: list[int] = []
+    original = classifier.classify
+
+    def timed_classify(images: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        result = original(images, *args, **kwargs)
+        sync()
+        classify_times.append(time.perf_counter() - started)
+        batch_sizes.append(len(images))
+        return result
+
+    classifier.classify = timed_classify  # type: ignore[method-assign]
+
+    events: list[tuple[str, int, float, int, float]] = []
+
+    def record(event: LabelEvent) -> None:
+        events.append(
+            (event.stream, event.seq, event.latency_ms, event.dropped, time.perf_counter())
+        )
+
+    rss: list[tuple[float, float]] = []
+    sampling_done = threading.Event()
+    interval = live["rss_interval_s"]
+
+    def sample_rss() -> None:
+        while True:
+            rss.append((time.perf_counter() - started, _current_rss_mb()))
+            if sampling_done.wait(interval):
+                return
+
+    pipeline = Pipeline(config, on_event=record, classifier=classifier)
+    started = time.perf_counter()
+    sampler = threading.Thread(target=sample_rss, name="rss", daemon=True)
+    sampler.start()
+    pipeline.start()
+    ended_early = pipeline.wait(live["seconds"])
+    offered_until = time.perf_counter()
+    pipeline.stop()
+    pipeline.wait()
+    wall_s = time.perf_counter() - started
+    sampling_done.set()
+    sampler.join()
+    if ended_early:
+        raise SystemExit(f"{live['kind']}: the pipeline ended before it was stopped")
+    if pipeline.failed_streams:
+        raise SystemExit(f"{live['kind']}: streams failed: {pipeline.failed_streams}")
+    if not events:
+        raise SystemExit(f"{live['kind']}: the pipeline classified no frames")
+
+    stats = pipeline.stats.values()
+    offered_s = offered_until - started
+    sampled = sum(s.sampled for s in stats)
+    dropped = sum(s.dropped for s in stats)
+    latencies = np.array([e[2] for e in events])
+    model_ms = sorted(t * 1000 for t in classify_times)
+    batch_model_ms = model_ms[len(model_ms) // 2]
+    target_ms = settings["max_wait_ms"] + 2 * batch_model_ms
+    p99 = float(np.percentile(latencies, 99))
+    # What the sources can offer: key frames only cap a stream's rate at theirs.
+    deliverable = min(per_stream_fps, keyframe_fps or per_stream_fps)
+    expected = offered_s * deliverable * streams
+    return {
+        "kind": live["kind"],
+        "fraction_of_capacity": live["fraction"],
+        "capacity_frames_per_s": live["capacity"],
+        "capacity_from": live["capacity_from"],
+        "offered_target_frames_per_s": offered_fps,
+        "per_stream_sample_fps": per_stream_fps,
+        "seconds": offered_s,
+        "wall_s": wall_s,
+        # Frames the sources queued (``sampled``): fewer than ``expected_offered`` when a
+        # source could not keep real time (its queue made it wait, or decoding lagged).
+        "expected_offered": expected,
+        "offered": sampled,
+        "offered_frames_per_s": sampled / offered_s,
+        "held_back": max(0.0, expected - sampled),
+        "frames": len(events),
+        "frames_per_s": len(events) / wall_s,
+        "dropped": dropped,
+        "dropped_in_events": sum(e[3] for e in events),
+        "dropped_share": dropped / sampled if sampled else 0.0,
+        "latency_ms": {
+            "p50": float(np.percentile(latencies, 50)),
+            "p99": p99,
+            "max": float(latencies.max()),
+        },
+        "batch_model_ms": {
+            "p50": batch_model_ms,
+            "max": model_ms[-1],
+            "mean_batch": sum(batch_sizes) / len(batch_sizes),
+            "largest_batch": max(batch_sizes),
+            "batches": len(batch_sizes),
+        },
+        "latency_target_ms": target_ms,
+        "p99_within_target": p99 <= target_ms,
+        "rss_mb": _rss_summary(rss, offered_s),
+        "device": str(device),
+        "precision": classifier.info.precision,
+        "backend": classifier.info.backend,
+        **_process_info(device),
+    }
+
+
+def _current_rss_mb() -> float:
+    """This process's resident set size now, in MB (from /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm", encoding="utf-8") as handle:
+            pages = int(handle.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _rss_summary(samples: list[tuple[float, float]], seconds: float) -> dict[str, Any]:
+    """RSS at the start and end of a run, and its growth: medians of the first and last window.
+
+    The window is a minute, or a fifth of the run when that is shorter than five minutes.
+    """
+    window = min(60.0, seconds / 5)
+    first = [mb for t, mb in samples if t <= window]
+    last = [mb for t, mb in samples if seconds - window <= t <= seconds]
+    if not first or not last:
+        return {"samples": len(samples), "growth_pct": None}
+    baseline = sorted(first)[len(first) // 2]
+    final = sorted(last)[len(last) // 2]
+    return {
+        "samples": len(samples),
+        "window_s": window,
+        "baseline": baseline,
+        "final": final,
+        "max": max(mb for _, mb in samples),
+        "growth_pct": (final - baseline) / baseline * 100 if baseline else None,
+        "series": [[round(t, 1), round(mb, 1)] for t, mb in samples],
+    }
+
+
 PHASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "bare": phase_bare,
     "e2e": phase_e2e,
     "naive": phase_naive,
+    "live": phase_live,
 }
 
 
@@ -564,12 +885,17 @@ def model_config(settings: dict[str, Any]) -> Any:
         quantize = "int8" if precision == "int8" else "none"
         precision = "auto" if precision == "int8" else precision
         model = {"backend": "onnxruntime", "onnx": {"quantize": quantize}}
+    batch: dict[str, Any] = {"max_size": settings["batch"], "max_wait_ms": settings["max_wait_ms"]}
+    if settings.get("buckets"):
+        batch["buckets"] = settings["buckets"]
+    if settings.get("compile", "none") != "none":
+        model["compile"] = settings["compile"]
     return ModelConfig.model_validate(
         {
             "id": settings["model_dir"],
             "device": settings["device"],
             "precision": precision,
-            "batch": {"max_size": settings["batch"], "max_wait_ms": settings["max_wait_ms"]},
+            "batch": batch,
             **model,
         }
     )
@@ -625,9 +951,12 @@ def _process_info(device: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the run
 
 
-def run_phase(name: str, settings_file: Path, scratch: Path) -> dict[str, Any]:
+def run_phase(
+    name: str, settings_file: Path, scratch: Path, label: str | None = None
+) -> dict[str, Any]:
     """Run one phase in a child process of its own and return what it measured."""
-    out = scratch / f"{name}.json"
+    label = label or name
+    out = scratch / f"{label}.json"
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -638,12 +967,12 @@ def run_phase(name: str, settings_file: Path, scratch: Path) -> dict[str, Any]:
         "--phase-out",
         str(out),
     ]
-    log(f"phase {name} ...")
+    log(f"phase {label} ...")
     started = time.perf_counter()
     cpu_before, ours_before = read_cpu_times(), own_cpu_seconds()
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
-        raise SystemExit(f"bench: phase {name} failed (exit {completed.returncode})")
+        raise SystemExit(f"bench: phase {label} failed (exit {completed.returncode})")
     result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     result["phase_wall_s"] = time.perf_counter() - started
     result["cpu_during_phase"] = cpu_accounting(
@@ -763,7 +1092,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.phase_out.write_text(json.dumps(result), encoding="utf-8")
         return 0
 
+    sys.path.insert(0, str(REPO))
     settings = resolve_settings(args)
+    if settings["buckets"] and max(settings["buckets"]) < settings["batch"]:
+        raise SystemExit(
+            f"--buckets: the largest bucket ({max(settings['buckets'])}) must be at least "
+            f"the batch size ({settings['batch']})"
+        )
     started_at = time.time()
     cpu_before = read_cpu_times()
     machine = machine_info()
@@ -789,13 +1124,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         bare = run_phase("bare", settings_file, scratch)
         e2e = run_phase("e2e", settings_file, scratch)
         naive = None if settings["skip_naive"] else run_phase("naive", settings_file, scratch)
+        capacity = (
+            settings["capacity"]
+            or (e2e if settings["capacity_from"] == "e2e" else bare)["frames_per_s"]
+        )
+        live_runs: dict[str, dict[str, Any] | None] = {"load": None, "soak": None}
+        for kind, fraction, seconds in (
+            ("load", settings["load"], settings["load_seconds"]),
+            ("soak", settings["soak_load"], (settings["soak_minutes"] or 0) * 60),
+        ):
+            if fraction is None or not seconds:
+                continue
+            live = {
+                "kind": kind,
+                "fraction": fraction,
+                "capacity": capacity,
+                "capacity_from": settings["capacity_from"],
+                "seconds": seconds,
+                # Every second under load; every 5 s (about 120 a soak of 10 minutes).
+                "rss_interval_s": 1.0 if kind == "load" else min(5.0, seconds / 20),
+            }
+            live_file = scratch / f"settings-{kind}.json"
+            live_file.write_text(json.dumps({**settings, "live": live}), encoding="utf-8")
+            live_runs[kind] = run_phase("live", live_file, scratch, label=kind)
 
     machine["load_average_at_end"] = list(os.getloadavg())
     machine["cpu_during_run"] = cpu_accounting(cpu_before, read_cpu_times(), own_cpu_seconds())
     machine["device_name"] = bare["device_name"]
     machine["torch_threads"] = bare["torch_threads"]
     expected = settings["streams"] * sampled_count(
-        round(settings["seconds"] * CLIP_FPS), CLIP_FPS, settings["sample_fps"]
+        round(settings["seconds"] * CLIP_FPS), CLIP_FPS, settings["sample_fps"], settings["gop"]
     )
     results: dict[str, Any] = {
         "schema": SCHEMA,
@@ -816,6 +1174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else e2e["frames_per_s"] / naive["frames_per_s"],
         },
         "e2e_vs_naive": None if naive is None else agreement(e2e, naive),
+        "load": live_runs["load"],
+        "soak": live_runs["soak"],
     }
     print(report(results))
     if args.json is not None:
@@ -850,6 +1210,7 @@ def report(r: dict[str, Any]) -> str:
         f"clips: {s['streams']} x {s['seconds']:g} s {width}x{height} H.264 at {s['clip_fps']} "
         f"fps, sampled at {s['sample_fps']:g} fps -> {e2e['frames']} frames "
         f"(expected {r['expected_frames']})",
+        _decode_line(s),
         "",
         f"{'':44}{'frames/s':>10}{'peak RSS':>12}{'CPU to others':>15}",
         f"{'(a) bare model, batch ' + str(bare['batch']) + ', ' + _engine(bare):44}"
@@ -893,6 +1254,9 @@ def report(r: dict[str, Any]) -> str:
             f"{agree['distinct_top1_e2e']} e2e, {agree['distinct_top1_naive']} naive"
             + (" (random weights: a sanity check only)" if model["random_weights"] else "")
         )
+    for kind in ("load", "soak"):
+        if r.get(kind) is not None:
+            lines += ["", *_live_lines(r[kind], s)]
     cpu = m.get("cpu_during_run")
     if cpu is not None:
         noisy = cpu["others_share"] + cpu["steal_share"] > 0.05 or load > 0.5
@@ -903,6 +1267,56 @@ def report(r: dict[str, Any]) -> str:
             + (": other work was running, timings are noisy" if noisy else "")
         )
     return "\n".join(lines)
+
+
+def _decode_line(s: dict[str, Any]) -> str:
+    """How e2e decodes, and the model options that shape batches."""
+    gop = s.get("gop")
+    if s.get("decode") == "keyframes":
+        text = (
+            f"e2e decodes key frames only (decode: keyframes; a key frame every {gop} frames "
+            f"= {gop / s['clip_fps']:g} s); naive decodes every frame"
+        )
+    else:
+        text = "e2e and naive decode every frame (decode: all)"
+    if s.get("buckets"):
+        text += f"; batch buckets {s['buckets']}"
+    if s.get("compile", "none") != "none":
+        text += f"; compile {s['compile']}"
+    return text
+
+
+def _live_lines(run: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    """The report of a load or soak phase."""
+    lat, model = run["latency_ms"], run["batch_model_ms"]
+    verdict = "within" if run["p99_within_target"] else "ABOVE"
+    lines = [
+        f"{run['kind']}: {s['streams']} live-paced streams (realtime, loop) offering "
+        f"{run['fraction_of_capacity']:g} x capacity ({run['capacity_frames_per_s']:.2f} "
+        f"frames/s, {run['capacity_from']}) = {run['offered_target_frames_per_s']:.2f} frames/s "
+        f"for {run['seconds']:.0f} s",
+        f"  offered {run['offered']} frames ({run['offered_frames_per_s']:.2f}/s; "
+        f"{run['held_back']:.0f} held back), classified {run['frames']} "
+        f"({run['frames_per_s']:.2f}/s), dropped {run['dropped']} "
+        f"({run['dropped_share']:.0%}; {run['dropped_in_events']} reported in events)",
+        f"  latency p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms: {verdict} the target "
+        f"{run['latency_target_ms']:.0f} ms = max_wait_ms {s['max_wait_ms']:g} + 2 x "
+        f"{model['p50']:.0f} ms (median classify() per batch; {model['batches']} batches, "
+        f"mean {model['mean_batch']:.1f} frames, largest {model['largest_batch']})",
+    ]
+    rss = run["rss_mb"]
+    if rss.get("growth_pct") is not None:
+        lines.append(
+            f"  RSS {rss['baseline']:.0f} MB (median of the first {rss['window_s']:.0f} s) -> "
+            f"{rss['final']:.0f} MB (last {rss['window_s']:.0f} s): {rss['growth_pct']:+.1f} %, "
+            f"max {rss['max']:.0f} MB ({rss['samples']} samples)"
+        )
+    if run["held_back"] > max(2.0, 0.05 * run["expected_offered"]):
+        lines.append(
+            "  the sources fell behind real time: their queues made them wait instead of "
+            "dropping (a labelcast without per-config live streams), or decoding lagged"
+        )
+    return lines
 
 
 def _others(phase: dict[str, Any]) -> str:

@@ -3,10 +3,20 @@
 # That machine's Python (3.12) has torch and transformers but not PyAV, paho-mqtt or
 # pydantic: fetch their wheels here first with bench/fetch_gpu_wheels.sh, then run
 #   device run, carry [".whl"], command "bash bench/gpu.sh"
-# Results land in $OUT (gpu-tests.log, bench-fp16.json/.txt, bench-fp32.json/.txt).
+# Results land in $OUT: gpu.txt, gpu-tests.log, and bench-<variant>.json/.txt for
+#   fp16, fp32          batch 32, 8 streams at 2 fps, bare vs e2e vs naive
+#   fp16-b256           batch 256, 8 streams at 10 fps, plain (no buckets, eager)
+#   fp16-b256-compile   the same with buckets 64,256 and model.compile: torch-compile
+#                       (CUDA graphs; compiled at load, in each phase's process)
+#   fp16-b256-buckets   buckets 64,256 without compile (the cost of padding alone)
+# The whole script stays within 8 minutes: each step gets what is left of that, up to
+# its own limit, and steps that would get too little are skipped (said in $OUT/skipped.txt).
 set -uo pipefail
 OUT=${OUT:-/tmp/labelcast-gpu-out}
 mkdir -p "$OUT"
+deadline=$((SECONDS + 465))
+# left LIMIT: seconds a step may take, at most LIMIT, leaving 15 s for the end.
+left() { local rest=$((deadline - SECONDS - 15)); echo $((rest < $1 ? rest : $1)); }
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -17,12 +27,27 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name(0))" >> "$OUT/gpu.txt" 2>&1
-# The GPU tests (marked gpu): preprocessing parity on CUDA, and friends.
-timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu-tests.log"
-# The benchmark: fp16 (labelcast's CUDA default) and fp32, bare vs e2e vs naive, same run each.
-for precision in fp16 fp32; do
-  timeout 240 python3 bench/bench.py --device cuda --precision "$precision" --seconds 20 \
-    --streams 8 --workdir /tmp/bench-work --json "$OUT/bench-$precision.json" \
-    > "$OUT/bench-$precision.txt" 2>&1
-done
+# The GPU tests (marked gpu): preprocessing parity, CUDA graphs over buckets, and friends.
+timeout "$(left 150)" python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu-tests.log"
+
+# bench VARIANT LIMIT ARGS...: one benchmark run, if at least 45 s are left for it.
+bench() {
+  local name=$1 limit t0=$SECONDS
+  limit=$(left "$2")
+  shift 2
+  if [ "$limit" -lt 45 ]; then
+    echo "bench-$name: skipped, ${limit} s left" | tee -a "$OUT/skipped.txt"
+    return
+  fi
+  timeout "$limit" python3 bench/bench.py --device cuda --workdir /tmp/bench-work \
+    --json "$OUT/bench-$name.json" "$@" > "$OUT/bench-$name.txt" 2>&1
+  echo "bench-$name: exit $? after $((SECONDS - t0)) s" >> "$OUT/gpu.txt"
+}
+b256=(--precision fp16 --batch 256 --streams 8 --seconds 20 --fps 10 --skip-naive)
+buckets=(--buckets 64,256)
+bench fp16 100 --precision fp16 --seconds 20 --streams 8
+bench fp16-b256 70 "${b256[@]}"
+bench fp16-b256-compile 200 "${b256[@]}" "${buckets[@]}" --compile torch-compile
+bench fp32 90 --precision fp32 --seconds 20 --streams 8
+bench fp16-b256-buckets 70 "${b256[@]}" "${buckets[@]}"
 tail -n 20 "$OUT"/bench-*.txt

@@ -1,4 +1,7 @@
-"""The ``labelcast`` command: run, check, reload, schema, model-info, verify, export, listen."""
+"""The ``labelcast`` command.
+
+Subcommands: run, check, serve, reload, schema, model-info, verify, export, listen.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _listen(config, args)
         if args.command == "reload":
             return _reload(config)
+        if args.command == "serve":
+            apply_log_config(
+                config.log, config.name, level=args.log_level, log_format=args.log_format
+            )
+            return _serve(config, args)
         apply_log_config(config.log, config.name, level=args.log_level, log_format=args.log_format)
         return _run(config, args)
     except (ConfigError, ModelError) as exc:
@@ -145,8 +153,14 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help=text, description=text)
     export.add_argument("config", type=Path, help="pipeline YAML file (its model settings)")
     export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    export.add_argument(
-        "-o", "--output", type=Path, required=True, metavar="FILE", help="the .onnx file to write"
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument("-o", "--output", type=Path, metavar="FILE", help="the .onnx file to write")
+    target.add_argument(
+        "--triton-repo",
+        type=Path,
+        metavar="DIR",
+        help="write a Triton model repository instead: uint8 input, normalising graph, "
+        "config.pbtxt with dynamic batching (docs/scaling.md)",
     )
     export.add_argument(
         "--quantize",
@@ -155,6 +169,17 @@ def _parser() -> argparse.ArgumentParser:
         help="int8: ONNX Runtime dynamic quantization (an accuracy trade-off; default none)",
     )
     export.add_argument("--json", action="store_true", help="print the result as JSON")
+    text = "host the configured model on a Triton server for model.backend: triton gateways"
+    serve = commands.add_parser("serve", help=text, description=text + " (docs/scaling.md)")
+    serve.add_argument("config", type=Path, help="pipeline YAML file (its model settings)")
+    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    serve.add_argument(
+        "--workspace",
+        type=Path,
+        metavar="DIR",
+        help="where PyTriton makes its working folder, removed at exit (default: the "
+        "system's temporary folder)",
+    )
     return parser
 
 
@@ -220,6 +245,10 @@ def _check(config: PipelineConfig) -> int:
             classifier.num_labels,
             classifier.info.revision or "local",
         )
+        # backend triton: the server answers, and serves this checkpoint.
+        remote = classifier.remote_status()
+        if remote is not None:
+            problems.append(remote)
         # Group maps go by class id: they must fit the model's classes.
         rules = {source.id: config.stream_labels(source.id)[0] for source in config.sources}
         StreamPostprocess(rules, classifier.id2label)
@@ -253,9 +282,20 @@ def _verify(config: PipelineConfig, args: argparse.Namespace) -> int:
 def _export(config: PipelineConfig, args: argparse.Namespace) -> int:
     from labelcast.export import export, format_export
 
-    result = export(config.model, args.output, args.quantize)
+    if args.triton_repo is not None:
+        from labelcast.export import export_triton_repo
+
+        result = export_triton_repo(config.model, args.triton_repo, args.quantize)
+    else:
+        result = export(config.model, args.output, args.quantize)
     print(json.dumps(result, indent=2) if args.json else format_export(result))
     return EXIT_OK
+
+
+def _serve(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from labelcast.serve import serve
+
+    return serve(config, workspace=args.workspace)
 
 
 def _listen(config: PipelineConfig, args: argparse.Namespace) -> int:

@@ -21,3 +21,10 @@ class SinkError(LabelcastError):
 
 class ModelError(LabelcastError):
     """The model cannot be loaded, or its checkpoint files are not usable."""
+
+
+class BatchError(ModelError):
+    """One batch could not be classified (a remote model server kept failing it).
+
+    The pipeline counts the batch's frames as dropped and goes on with the next batch.
+    """

@@ -24,8 +24,14 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # constraints.txt pins torch to a release whose CPU build pip prefers when one is at hand.
 .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+# The Triton tests run `labelcast serve` (PyTriton), whose Python backend stub must match the
+# interpreter: it works with Debian's Python, not every build, so the server gets a venv of
+# its own made from /usr/bin/python3 (tests/triton_server.py; docs/scaling.md).
+[ -x .venv-serve/bin/python ] || /usr/bin/python3 -m venv .venv-serve
+.venv-serve/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[serve]'
+export LABELCAST_REQUIRE_TRITON=1  # so the Triton tests fail, not skip, if it is unusable
 
 .venv/bin/ruff check labelcast tests bench
 .venv/bin/ruff format --check labelcast tests bench
 .venv/bin/mypy labelcast
-exec .venv/bin/pytest "$@"
+exec .venv/bin/pytest --durations=15 "$@"

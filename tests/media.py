@@ -32,15 +32,23 @@ def make_clip(
     size: tuple[int, int] = (240, 320),
     photos: tuple[str, ...] = PHOTOS,
     container_options: dict[str, str] | None = None,
+    gop: int | None = None,
 ) -> Path:
-    """Encode a slideshow of the photos (equal shares of the clip) as H.264 at ``fps``."""
+    """Encode a slideshow of the photos (equal shares of the clip) as H.264 at ``fps``.
+
+    A key frame starts every ``gop`` frames exactly when ``gop`` is given; by default
+    at least once a second (``fps`` frames), and at scene cuts.
+    """
     height, width = size
     frames = [photo(name, (height, width)) for name in photos]
     count = round(seconds * fps)
     with av.open(str(path), mode="w", options=container_options or {}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": str(fps)}
+        stream.options = {"preset": "ultrafast", "g": str(gop or fps)}
+        if gop is not None:
+            # No extra key frames at scene cuts: they would restart the GOP count.
+            stream.options["sc_threshold"] = "0"
         for index in range(count):
             image = frames[min(index * len(frames) // count, len(frames) - 1)]
             # A moving bar keeps frames distinct so the encoder can't collapse them.

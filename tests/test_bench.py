@@ -53,3 +53,66 @@ def test_quick_bench_writes_all_figures(tiny_model: Path, tmp_path: Path) -> Non
     assert machine["cpu_model"] and machine["logical_cores"] >= 1
     assert machine["versions"]["torch"] and machine["versions"]["transformers"]
     assert machine["device_name"] == "cpu"
+
+
+def test_keyframes_load_and_soak_modes_write_their_figures(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # given the tiny checkpoint, key-frame decoding and short live-paced phases (the tiny
+    # model's real capacity would need hundreds of streams: a capacity is given instead)
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "bench.py"),
+        "--quick",
+        "--skip-naive",
+        "--model",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--decode",
+        "keyframes",
+        "--load",
+        "0.5",
+        "--load-seconds",
+        "3",
+        "--soak-minutes",
+        "0.05",
+        "--capacity",
+        "8",
+        "--buckets",
+        "1,4",
+        "--json",
+        str(out),
+    ]
+
+    # when the benchmark runs
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=150)
+
+    # then e2e decoded key frames only (one every 1/fps s), and classified every sample
+    assert result.returncode == 0, result.stderr[-3000:]
+    for phrase in ("decode: keyframes", "load:", "soak:", "target", "RSS"):
+        assert phrase in result.stdout
+    data = json.loads(out.read_text(encoding="utf-8"))
+    settings = data["settings"]
+    assert settings["decode"] == "keyframes" and settings["gop"] == 15
+    assert settings["buckets"] == [1, 4]
+    assert data["e2e"]["frames"] == data["expected_frames"] == 8
+    assert data["e2e"]["decoded_frames"] == data["e2e"]["frames"]
+    assert data["naive"] is None and data["ratios"]["e2e_over_naive"] is None
+    # and each live phase reports what it offered, classified and dropped, its latency
+    # against the target, and RSS over time
+    for kind, fraction in (("load", 0.5), ("soak", 2.0)):
+        run = data[kind]
+        assert run["kind"] == kind and run["fraction_of_capacity"] == fraction
+        assert run["capacity_frames_per_s"] == 8 and run["capacity_from"] == "given"
+        assert 0 < run["frames"] <= run["offered"]
+        assert 0 <= run["dropped_in_events"] <= run["dropped"] <= run["offered"]
+        assert 0 <= run["latency_ms"]["p50"] <= run["latency_ms"]["p99"]
+        model_ms = run["batch_model_ms"]["p50"]
+        assert run["latency_target_ms"] == settings["max_wait_ms"] + 2 * model_ms
+        assert isinstance(run["p99_within_target"], bool)
+        assert run["rss_mb"]["samples"] >= 2 and run["rss_mb"]["growth_pct"] is not None
+        assert run["rss_mb"]["baseline"] > 0

@@ -18,12 +18,25 @@ import av
 import numpy as np
 import pytest
 from helpers import free_port, read_events, signal_mid_run, write_config
+from rtsp_server import missing_requirements
 
 from labelcast import Pipeline, load_config
-from labelcast.pipeline.frames import ChangeEvent, Frame, Label, LabelEvent, LabelState, ModelInfo
+from labelcast.pipeline.frames import (
+    ChangeEvent,
+    Frame,
+    Label,
+    LabelEvent,
+    LabelState,
+    ModelInfo,
+    UnsampledFrame,
+)
 from labelcast.sinks.overlay import OverlaySink, OverlaySinkConfig, describe_change, draw_overlay
 
 CHROMIUM = "/usr/bin/chromium"
+_RTSP_MISSING = missing_requirements()
+needs_rtsp = pytest.mark.skipif(
+    _RTSP_MISSING is not None, reason=f"RTSP test server unavailable: {_RTSP_MISSING}"
+)
 
 
 def decode(path: Path) -> tuple[list[np.ndarray], list[float], float]:
@@ -183,6 +196,175 @@ def test_a_file_plays_after_sigterm_mid_run(tiny_model, clips, tmp_path):
     images, _, duration = decode(files[0])
     assert len(images) == len(events)
     assert duration == pytest.approx(len(events) / 30, abs=0.1)
+
+
+def test_all_frames_mode_writes_every_decoded_frame_with_the_latest_label(
+    tiny_model, clips, tmp_path
+):
+    # Given a 4 s, 25 fps clip sampled at 2 fps, and an overlay sink in all-frames mode
+    log_path = tmp_path / "events.jsonl"
+    output = tmp_path / "out" / "{stream}" / "{date}.mp4"
+    config = run_config(
+        tiny_model, clips["short"], output, log_path, mode="all-frames", crf=12, highlight_s=0
+    )
+    config["sinks"][0]["events"] = True
+    pipeline = Pipeline(load_config(write_config(tmp_path, config)))
+    # When it runs to the end
+    pipeline.run()
+    # Then the file holds every decoded frame, at the source's times, and 8 were classified
+    records = read_events(log_path)
+    events = [r for r in records if r["schema"] == "labelcast.label/1"]
+    highlights = {r["seq"]: change_text(r) for r in records if r["schema"] == "labelcast.change/1"}
+    sources = source_frames(clips["short"])
+    files = list((tmp_path / "out" / "door").glob("*.mp4"))
+    assert len(files) == 1 and len(events) == 8
+    assert pipeline.stats["door"].decoded == len(sources) == 100
+    images, times, duration = decode(files[0])
+    assert len(images) == len(sources)
+    assert times == pytest.approx([t - min(sources) for t in sorted(sources)], abs=0.002)
+    assert duration == pytest.approx(4.0, abs=0.05)
+    # And each frame is its own source frame, drawn with the label of the latest event at
+    # or before it (not the next one): compare against both drawings where their text differs
+    by_pts = sorted(events, key=lambda r: r["pts"])
+    checked = 0
+    for image, pts in zip(images, sorted(sources), strict=True):
+        source = sources[pts]
+        latest = [r for r in by_pts if r["pts"] <= pts + 1e-6][-1]
+        later = [r for r in by_pts if r["pts"] > pts + 1e-6]
+        highlight = highlights.get(latest["seq"]) if latest["pts"] == pytest.approx(pts) else None
+        top = banner_height(source, 2 if highlight is None else 3)
+        inner = (slice(top + 4, -8), slice(8, -8))
+        assert np.abs(image[inner].astype(int) - source[inner].astype(int)).mean() < 4
+        if not later:
+            continue
+        drawn, other = (
+            draw_overlay(source, logged_event(r), highlight=highlight).astype(int)[:top]
+            for r in (latest, later[0])
+        )
+        text = np.abs(drawn - other).max(axis=-1) > 60
+        got = image[:top].astype(int)
+        assert np.abs(got - drawn)[text].mean() < np.abs(got - other)[text].mean() / 3
+        checked += 1
+    assert checked > 80
+
+
+def logged_event(record: dict) -> LabelEvent:
+    """The LabelEvent a logged label event describes (for drawing it again)."""
+    labels = tuple(Label(x["label"], x["score"], x["class_id"]) for x in record["labels"])
+    real = event(record["stream"], record["seq"], record["pts"], "x")
+    return dataclasses.replace(real, labels=labels, captured_at=_unix(record))
+
+
+def unsampled(stream: str, index: int, after: int, image: np.ndarray) -> UnsampledFrame:
+    picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+    return UnsampledFrame(stream, index, index / 10, 0.0, after, picture)
+
+
+def test_all_frames_orders_early_frames_after_their_label_and_bounds_the_buffer(tmp_path):
+    # Given an all-frames sink that buffers at most 4 unsampled frames per stream
+    config = OverlaySinkConfig(
+        output=str(tmp_path / "{stream}" / "{date}.mp4"),
+        mode="all-frames",
+        max_buffered_frames=4,
+        highlight_s=0.0,
+    )
+    sink = OverlaySink(config)
+    shades = [np.full((64, 96, 3), 20 * i, np.uint8) for i in range(12)]
+
+    def sampled(seq: int, index: int) -> None:
+        pts = index / 10
+        sink.send(event("cam", seq, pts, "tabby"), Frame("cam", index, pts, 0.0, shades[index]))
+
+    # When frames 1-2 (after sampled 0) arrive before frame 0's event, frame 3 is sampled,
+    # 4-5 follow it, sampled frame 6 was dropped (its followers 7-8 still arrive), then
+    # sampled frame 9 comes, and 10-11 follow it. Each event is held until the next one
+    # (to highlight a change on it), so up to 4 unsampled frames wait at a time.
+    for index in (1, 2):
+        sink.send_unsampled(unsampled("cam", index, 0, shades[index]))
+    sampled(1, 0)
+    for index in (4, 5):
+        sink.send_unsampled(unsampled("cam", index, 3, shades[index]))
+    sampled(2, 3)
+    for index in (7, 8):
+        sink.send_unsampled(unsampled("cam", index, 6, shades[index]))
+    sampled(3, 9)
+    sink.send_unsampled(unsampled("cam", 10, 9, shades[10]))
+    sink.send_unsampled(unsampled("cam", 11, 9, shades[11]))
+    sink.close()
+    # Then the file holds the frames in decode order, without the dropped sampled frame 6,
+    # and nothing was dropped from the buffer (it never held more than 4)
+    (path,) = (tmp_path / "cam").glob("*.mp4")
+    images, times, _ = decode(path)
+    body = [round(float(image[40:, :, 0].mean()) / 20) for image in images]
+    assert body == [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11]
+    assert times == sorted(times)
+    assert sink.unsampled_dropped == 0
+    # And with more waiting than the bound, the oldest is dropped and counted
+    sink = OverlaySink(config.model_copy(update={"output": str(tmp_path / "b" / "{stream}.mp4")}))
+    for index in (1, 2, 3, 4, 5, 6):
+        sink.send_unsampled(unsampled("cam", index, 0, shades[index]))
+    sampled(1, 0)
+    sink.close()
+    assert sink.unsampled_dropped == 2
+    images, _, _ = decode(tmp_path / "b" / "cam.mp4")
+    assert [round(float(image[40:, :, 0].mean()) / 20) for image in images] == [0, 3, 4, 5, 6]
+
+
+@needs_rtsp
+def test_all_frames_with_a_live_stream_writes_what_it_decodes_also_after_a_reload(
+    tiny_model, rtsp_server, tmp_path
+):
+    # Given an RTSP stream (15 fps) sampled at 2 fps with an all-frames overlay sink
+    server = rtsp_server()
+    config = {
+        "name": "ov",
+        "model": {"id": str(tiny_model)},
+        "sources": [{"id": "gate", "type": "rtsp", "url": server.url, "sample": {"fps": 2}}],
+        "sinks": [
+            {
+                "type": "overlay",
+                "output": str(tmp_path / "{stream}" / "{date}.mp4"),
+                "mode": "all-frames",
+                "max_buffered_frames": 1000,
+            }
+        ],
+    }
+    pipeline = Pipeline(load_config(write_config(tmp_path, config)))
+    # When it runs for about 4 s
+    pipeline.start()
+    deadline = time.monotonic() + 30
+    while pipeline.stats["gate"].classified < 8 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pipeline.stop()
+    assert pipeline.wait(30)
+    # Then the file has the decoded frames from the first classified one on, in order
+    stats, (worker,) = pipeline.stats["gate"], pipeline.sinks
+    assert stats.classified >= 8
+    (path,) = (tmp_path / "gate").glob("*.mp4")
+    images, times, _ = decode(path)
+    lost = worker.counters.frames_dropped + worker.sink.unsampled_dropped
+    assert lost == 0
+    # Frames decoded before the first classified one are not written (there is no label yet).
+    assert stats.decoded - 2 <= len(images) <= stats.decoded
+    assert len(images) > 3 * stats.classified
+    assert times == sorted(times) and len(set(times)) == len(times)
+    # And a pipeline that starts without one gets every frame once a reload adds it
+    log_only = dict(config, sinks=[{"type": "log", "path": str(tmp_path / "log.jsonl")}])
+    pipeline = Pipeline(load_config(write_config(tmp_path, log_only)))
+    pipeline.start()
+    try:
+        later = dict(config, sinks=[dict(config["sinks"][0])])
+        later["sinks"][0]["output"] = str(tmp_path / "later" / "{stream}.mp4")
+        pipeline.reconfigure(load_config(write_config(tmp_path, later)))
+        classified = pipeline.stats["gate"].classified
+        deadline = time.monotonic() + 30
+        while pipeline.stats["gate"].classified < classified + 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        pipeline.stop()
+        assert pipeline.wait(30)
+    images, _, _ = decode(tmp_path / "later" / "gate.mp4")
+    assert len(images) > 3 * 6
 
 
 # --- the live preview ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ class _StreamQueue:
     closed: bool = False
     dropped_pending: int = 0
     dropped_total: int = 0
+    failed_pending: int = 0  # frames of failed batches, not yet reported in an event
 
 
 class StreamQueues:
@@ -52,6 +53,7 @@ class StreamQueues:
             if old is not None:
                 queue.frames = old.frames
                 queue.dropped_pending = old.dropped_pending
+                queue.failed_pending = old.failed_pending
                 queue.dropped_total = old.dropped_total
             self._queues[stream] = queue
             if stream not in self._order:
@@ -99,6 +101,26 @@ class StreamQueues:
         with self._cond:
             queue = self._queues.get(stream)
             return len(queue.frames) if queue is not None else 0
+
+    def count_failed(self, stream: str, frames: int) -> None:
+        """Count frames of ``stream`` dropped after they left the queue (a batch that failed).
+
+        They are reported like queue drops, in the ``dropped`` of the stream's next frame;
+        :meth:`take_unreported_failed` returns those no later frame reported.
+        """
+        with self._cond:
+            queue = self._queues.get(stream)
+            if queue is not None:
+                queue.failed_pending += frames
+                queue.dropped_total += frames
+
+    def take_unreported_failed(self) -> dict[str, int]:
+        """Return (and forget) each stream's failed frames that no frame reported yet."""
+        with self._cond:
+            unreported = {s: q.failed_pending for s, q in self._queues.items() if q.failed_pending}
+            for stream in unreported:
+                self._queues[stream].failed_pending = 0
+            return unreported
 
     def dropped(self, stream: str) -> int:
         """Return how many frames of ``stream`` were dropped in all."""
@@ -152,8 +174,9 @@ class StreamQueues:
                 self._next = (self._next + 1) % len(self._order)
                 queue = self._queues[stream]
                 if queue.frames:
-                    batch.append(QueuedFrame(queue.frames.popleft(), queue.dropped_pending))
-                    queue.dropped_pending = 0
+                    dropped = queue.dropped_pending + queue.failed_pending
+                    batch.append(QueuedFrame(queue.frames.popleft(), dropped))
+                    queue.dropped_pending = queue.failed_pending = 0
                     taken = True
 
     def _forget_ended(self) -> None:

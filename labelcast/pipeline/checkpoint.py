@@ -82,11 +82,14 @@ class Checkpoint:
         return found.group(1).strip("'\"") if found else None
 
 
-def resolve_checkpoint(model_id: str, revision: str | None, *, allow_pickle: bool) -> Checkpoint:
+def resolve_checkpoint(
+    model_id: str, revision: str | None, *, allow_pickle: bool, weights: bool = True
+) -> Checkpoint:
     """Find (and for hub ids, fetch or take from the cache) the checkpoint's files.
 
     A hub id given without a commit sha as ``revision`` logs a warning naming the
-    commit that was resolved, so the user can pin it.
+    commit that was resolved, so the user can pin it. ``weights=False`` fetches only
+    the JSON files (labels and preprocessing: what a Triton gateway needs).
     """
     if os.path.isdir(model_id):
         directory = Path(model_id)
@@ -97,7 +100,7 @@ def resolve_checkpoint(model_id: str, revision: str | None, *, allow_pickle: boo
             )
         checkpoint = Checkpoint(model_id, directory, None, _list_files(directory))
     else:
-        checkpoint = _from_hub(model_id, revision, allow_pickle)
+        checkpoint = _from_hub(model_id, revision, allow_pickle, weights)
         if revision is None or not _COMMIT.match(revision):
             log.warning(
                 "model %s: revision %s is not pinned; loaded commit %s. Pin it with "
@@ -107,7 +110,7 @@ def resolve_checkpoint(model_id: str, revision: str | None, *, allow_pickle: boo
                 checkpoint.revision,
                 checkpoint.revision,
             )
-    if not checkpoint.has_safetensors and not allow_pickle:
+    if weights and not checkpoint.has_safetensors and not allow_pickle:
         pickles = [name for name in checkpoint.weight_files if name.endswith(PICKLE_WEIGHTS)]
         if pickles:
             raise ModelError(
@@ -152,7 +155,7 @@ def _list_files(directory: Path) -> tuple[CheckpointFile, ...]:
     )
 
 
-def _from_hub(model_id: str, revision: str | None, allow_pickle: bool) -> Checkpoint:
+def _from_hub(model_id: str, revision: str | None, allow_pickle: bool, weights: bool) -> Checkpoint:
     # Imported here: the hub client is only needed for hub ids.
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -165,6 +168,8 @@ def _from_hub(model_id: str, revision: str | None, allow_pickle: bool) -> Checkp
     if model_id.startswith(("/", ".", "~")):
         raise ModelError(f"model.id {model_id!r} is neither an existing directory nor a hub id")
     patterns = _HUB_FILES + (["*" + ext for ext in PICKLE_WEIGHTS] if allow_pickle else [])
+    if not weights:
+        patterns = [pattern for pattern in patterns if pattern.endswith((".json", ".md"))]
     try:
         folder = snapshot_download(model_id, revision=revision, allow_patterns=patterns)
     except HFValidationError as exc:

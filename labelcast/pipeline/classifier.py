@@ -7,6 +7,7 @@ in the configured precision; softmax is always computed in fp32.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,24 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labelcast.errors import ModelError
+from labelcast.pipeline.buckets import (
+    MAX_COMPILED_BUCKETS,
+    BatchBuckets,
+    CompileMode,
+    check_buckets,
+    compile_model,
+)
 from labelcast.pipeline.checkpoint import Checkpoint, resolve_checkpoint, verify_sha256
 from labelcast.pipeline.onnx_backend import OnnxModel
+from labelcast.pipeline.position_bias import cache_position_bias
 from labelcast.pipeline.preprocess import Preprocessor
+from labelcast.pipeline.triton_backend import TritonConfig, TritonModel
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "microsoft/beit-base-patch16-224"
 Precision = Literal["auto", "fp16", "bf16", "fp32", "int8"]
-Backend = Literal["torch", "onnxruntime"]
+Backend = Literal["torch", "onnxruntime", "triton"]
 _DTYPES = {
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
@@ -45,6 +55,20 @@ class BatchConfig(BaseModel):
         float,
         Field(ge=0, le=10_000, description="Longest wait after a batch's first frame."),
     ] = 50.0
+    buckets: Annotated[
+        list[Annotated[int, Field(ge=1, le=1024)]] | None,
+        Field(
+            description="Batch sizes the model runs at: a batch is padded up to the next "
+            "bucket (padding never reaches the results). The largest must be at least "
+            "max_size. Fixed shapes let model.compile capture each size once."
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _buckets_fit(self) -> BatchConfig:
+        if self.buckets is not None:
+            self.buckets = check_buckets(self.buckets, self.max_size)
+        return self
 
 
 class OnnxConfig(BaseModel):
@@ -122,14 +146,29 @@ class ModelConfig(BaseModel):
     backend: Annotated[
         Backend,
         Field(
-            description="torch | onnxruntime: which runtime runs the forward pass "
-            "(preprocessing is torch either way; onnxruntime needs the onnx extra)."
+            description="torch | onnxruntime | triton: which runtime runs the forward pass "
+            "(preprocessing is torch either way; onnxruntime needs the onnx extra; triton "
+            "sends uint8 frames to a Triton server, see docs/scaling.md)."
         ),
     ] = "torch"
     onnx: Annotated[
         OnnxConfig,
         Field(description="ONNX Runtime settings; only with backend: onnxruntime."),
     ] = OnnxConfig()
+    compile: Annotated[
+        CompileMode,
+        Field(
+            description="none | torch-compile: torch.compile the model for each of "
+            "model.batch.buckets at load time (CUDA graphs on CUDA); backend torch only."
+        ),
+    ] = "none"
+    triton: Annotated[
+        TritonConfig,
+        Field(
+            description="The Triton server (backend: triton), and labelcast serve's settings "
+            "(docs/scaling.md). With backend triton, device and precision are the server's."
+        ),
+    ] = TritonConfig()
 
     @model_validator(mode="after")
     def _backend_settings_fit(self) -> ModelConfig:
@@ -139,8 +178,27 @@ class ModelConfig(BaseModel):
                 f"precision {self.precision} is for backend torch; backend onnxruntime runs "
                 f"the fp32 ONNX file, or its int8 quantization{hint}"
             )
-        if self.backend == "torch" and self.onnx != OnnxConfig():
+        if self.backend != "onnxruntime" and self.onnx != OnnxConfig():
             raise ValueError("model.onnx settings need model.backend: onnxruntime")
+        return self
+
+    @model_validator(mode="after")
+    def _compile_settings_fit(self) -> ModelConfig:
+        if self.compile == "none":
+            return self
+        if self.backend != "torch":
+            raise ValueError(f"compile: {self.compile} needs model.backend: torch")
+        buckets = self.batch.buckets
+        if buckets is None:
+            raise ValueError(
+                f"compile: {self.compile} needs model.batch.buckets, the batch sizes to "
+                "compile for (e.g. [1, 4, 16, 32])"
+            )
+        if len(buckets) > MAX_COMPILED_BUCKETS:
+            raise ValueError(
+                f"compile: {self.compile} takes at most {MAX_COMPILED_BUCKETS} "
+                f"model.batch.buckets ({len(buckets)} given)"
+            )
         return self
 
 
@@ -160,17 +218,20 @@ class Classifier:
 
     def __init__(
         self,
-        model: torch.nn.Module | OnnxModel,
+        model: torch.nn.Module | OnnxModel | TritonModel,
         preprocessor: Preprocessor,
         id2label: dict[int, str],
         info: LoadedModelInfo,
+        buckets: Sequence[int] | None = None,
     ) -> None:
         self._model = model
+        self._buckets = BatchBuckets(buckets)
         self._preprocessor = preprocessor
-        # ONNX Runtime takes numpy input: its preprocessing runs on the CPU, in fp32.
-        onnx = info.backend == "onnxruntime"
-        self._device = torch.device("cpu" if onnx else info.device)
-        self._dtype = torch.float32 if onnx else _DTYPES[info.precision]
+        # ONNX Runtime takes numpy input: its preprocessing runs on the CPU, in fp32. A
+        # Triton gateway resizes on the CPU and sends uint8; the server does the rest.
+        local_torch = info.backend == "torch"
+        self._device = torch.device(info.device if local_torch else "cpu")
+        self._dtype = _DTYPES[info.precision] if local_torch else torch.float32
         self.id2label = id2label
         self.info = info
 
@@ -182,12 +243,14 @@ class Classifier:
         With ``backend: onnxruntime`` the forward pass runs in ONNX Runtime (see
         ``onnx_backend.py``); use :func:`reference_config` for a torch fp32 reference.
         """
-        if config.backend == "onnxruntime":
+        if config.backend != "torch":
             if precision is not None:
                 raise ValueError(
                     "a precision override is for the torch backend; "
                     "load reference_config(config) for a torch fp32 reference"
                 )
+            if config.backend == "triton":
+                return cls._load_triton(config)
             return cls._load_onnx(config)
         device = resolve_device(config.device)
         precision = resolve_precision(precision or config.precision, device)
@@ -199,6 +262,10 @@ class Classifier:
         model = load_torch_model(checkpoint, config.allow_pickle)
         id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
         model = _prepare(model, device, precision)
+        if config.compile == "none":
+            cache_position_bias(model)  # compiled, CUDA graphs replay its work anyway
+        else:
+            model = _compile(model, config, preprocessor, device, precision)
         info = LoadedModelInfo(config.id, checkpoint.revision, str(device), precision)
         log.info(
             "loaded model %s (revision %s) on %s in %s, %d labels",
@@ -208,7 +275,7 @@ class Classifier:
             precision,
             len(id2label),
         )
-        return cls(model, preprocessor, id2label, info)
+        return cls(model, preprocessor, id2label, info, config.batch.buckets)
 
     @classmethod
     def _load_onnx(cls, config: ModelConfig) -> Classifier:
@@ -253,6 +320,48 @@ class Classifier:
             path,
             len(id2label),
         )
+        return cls(model, preprocessor, id2label, info, config.batch.buckets)
+
+    @classmethod
+    def _load_triton(cls, config: ModelConfig) -> Classifier:
+        from labelcast.pipeline import triton_backend
+
+        # Labels and preprocessing come from the checkpoint's JSON files; the weights
+        # stay on the server.
+        checkpoint = resolve_checkpoint(
+            config.id, config.revision, allow_pickle=config.allow_pickle, weights=False
+        )
+        # Digests of files the gateway does not fetch (weights) are checked by the server.
+        fetched = {f.name for f in checkpoint.files}
+        verify_sha256(checkpoint, {k: v for k, v in config.sha256.items() if k in fetched})
+        preprocessor = _preprocessor(checkpoint)
+        labels = checkpoint.read_json("config.json").get("id2label")
+        if not isinstance(labels, dict) or not labels:
+            raise ModelError(f"model {config.id!r}: its config.json has no id2label")
+        id2label = {int(k): str(v) for k, v in labels.items()}
+        size = onnx_input_size(preprocessor, config.id, backend="triton")
+        expected = triton_backend.Expected(
+            model_id=config.id,
+            fingerprint=triton_backend.fingerprint(checkpoint),
+            input_size=size,
+            num_labels=len(id2label),
+            precision=None if config.precision == "auto" else config.precision,
+        )
+        model = triton_backend.TritonModel(config.triton, expected)
+        served = model.probe()
+        # Events name the server's precision; a gateway that starts before its server
+        # names the configured one (pin model.precision: it is then also checked).
+        precision = served.precision if served is not None else config.precision
+        device = served.device if served is not None else "remote"
+        info = LoadedModelInfo(config.id, checkpoint.revision, device, precision, "triton")
+        log.info(
+            "model %s (revision %s): classifying on Triton %s (model %r), %d labels",
+            config.id,
+            checkpoint.revision or "local",
+            config.triton.url,
+            config.triton.model,
+            len(id2label),
+        )
         return cls(model, preprocessor, id2label, info)
 
     @property
@@ -260,17 +369,51 @@ class Classifier:
         """Number of classes the checkpoint predicts."""
         return len(self.id2label)
 
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """The checkpoint's preprocessing."""
+        return self._preprocessor
+
     def preprocess(self, images: Sequence[npt.NDArray[np.uint8]]) -> torch.Tensor:
-        """Turn RGB ``uint8`` frames into the model's input tensor, on its device."""
+        """Turn RGB ``uint8`` frames into what the forward pass takes.
+
+        Normalised pixels of the model's dtype on its device; for backend triton the
+        resized ``uint8`` pixels (on the CPU) that the gateway sends.
+        """
+        if isinstance(self._model, TritonModel):
+            return self._preprocessor.pixels(images, self._device)
         return self._preprocessor(images, self._device, self._dtype)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Run the model on preprocessed input and return the logits."""
+    def forward(
+        self, pixel_values: torch.Tensor, stop: threading.Event | None = None
+    ) -> torch.Tensor:
+        """Run the model on preprocessed input and return the logits, one row per frame.
+
+        ``stop`` ends a wait for a remote server (backend triton raises BatchError then).
+        With ``model.batch.buckets`` the model runs on batches padded to a bucket size
+        (see ``buckets.py``); the padding's rows are cut off again.
+        """
+        return self._buckets.run(lambda part: self._forward_once(part, stop), pixel_values)
+
+    def _forward_once(
+        self, pixel_values: torch.Tensor, stop: threading.Event | None
+    ) -> torch.Tensor:
+        if isinstance(self._model, TritonModel):
+            return self._model(pixel_values, stop)
         if not isinstance(self._model, torch.nn.Module):
             return self._model(pixel_values)
         with torch.inference_mode():
             logits: torch.Tensor = self._model(pixel_values=pixel_values).logits
         return logits
+
+    def forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalise resized (N, 3, H, W) ``uint8`` pixels and run the model: the logits.
+
+        What ``labelcast serve`` runs for a gateway's request.
+        """
+        with torch.inference_mode():
+            inputs = self._preprocessor.normalise(pixels.to(self._device), self._dtype)
+            return self.forward(inputs)
 
     def logits(self, images: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
         """Return the logits as fp32 numpy, shape (len(images), num_labels)."""
@@ -280,20 +423,51 @@ class Classifier:
             )
         return result
 
-    def classify(self, images: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
-        """Return class probabilities (softmax in fp32), shape (len(images), num_labels)."""
+    def classify(
+        self, images: Sequence[npt.NDArray[np.uint8]], stop: threading.Event | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Return class probabilities (softmax in fp32), shape (len(images), num_labels).
+
+        With backend triton this waits through server faults (``stop`` ends the wait)
+        and raises BatchError for a batch it drops (see ``triton_backend.py``).
+        """
         with torch.inference_mode():
-            logits = self.forward(self.preprocess(images))
+            logits = self.forward(self.preprocess(images), stop)
             probs = logits.float().softmax(dim=-1)
         result: npt.NDArray[np.float32] = probs.cpu().numpy()
         return result
 
+    def remote_status(self) -> str | None:
+        """Why a remote model server can't be used right now; None when it can (or is local)."""
+        if isinstance(self._model, TritonModel):
+            return self._model.status
+        return None
+
+    def remote_activity(self) -> float | None:
+        """``time.monotonic()`` of the latest exchange with (or wait for) a remote server."""
+        if isinstance(self._model, TritonModel):
+            return self._model.activity
+        return None
+
 
 def reference_config(config: ModelConfig) -> ModelConfig:
-    """Return the same checkpoint on the torch backend: what fp32 references run on."""
+    """Return the same checkpoint on the torch backend: what fp32 references run on.
+
+    The plain path: not compiled, batches not padded to buckets.
+    """
+    if config.compile != "none" or config.batch.buckets is not None:
+        batch = config.batch.model_copy(update={"buckets": None})
+        config = config.model_copy(update={"compile": "none", "batch": batch})
     if config.backend == "torch":
         return config
     return config.model_copy(update={"backend": "torch", "onnx": OnnxConfig(), "precision": "auto"})
+
+
+def served_config(config: ModelConfig) -> ModelConfig:
+    """Return what ``labelcast serve`` loads: the same model, on torch where it says triton."""
+    if config.backend != "triton":
+        return config
+    return config.model_copy(update={"backend": "torch"})
 
 
 def load_torch_model(checkpoint: Checkpoint, allow_pickle: bool) -> Any:
@@ -318,15 +492,16 @@ def load_torch_model(checkpoint: Checkpoint, allow_pickle: bool) -> Any:
     return model.eval()
 
 
-def onnx_input_size(preprocessor: Preprocessor, model_id: str) -> tuple[int, int]:
-    """Return the (height, width) the preprocessing always makes (ONNX needs a fixed one)."""
-    if preprocessor.crops:
-        return preprocessor.crops[-1]
-    if preprocessor.resize_to is not None:
-        return preprocessor.resize_to
+def onnx_input_size(
+    preprocessor: Preprocessor, model_id: str, backend: str = "onnxruntime"
+) -> tuple[int, int]:
+    """Return the (height, width) the preprocessing always makes (ONNX, Triton need one)."""
+    size = preprocessor.output_size
+    if size is not None:
+        return size
     raise ModelError(
         f"model {model_id!r}: its preprocessing keeps the frame's aspect ratio (shortest edge "
-        "resize, no crop), so its input size varies; backend onnxruntime needs a fixed size"
+        f"resize, no crop), so its input size varies; backend {backend} needs a fixed size"
     )
 
 
@@ -395,6 +570,24 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             "fp32 there); use fp32, bf16 or int8"
         )
     return precision
+
+
+def _compile(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    preprocessor: Preprocessor,
+    device: torch.device,
+    precision: str,
+) -> torch.nn.Module:
+    """torch.compile the model for each bucket (the config validator made sure of them)."""
+    size = preprocessor.output_size
+    if size is None:
+        raise ModelError(
+            f"model {config.id!r}: its preprocessing keeps the frame's aspect ratio (shortest "
+            f"edge resize, no crop), so its input size varies; model.compile: {config.compile} "
+            "needs a fixed size"
+        )
+    return compile_model(model, device, _DTYPES[precision], config.batch.buckets or (), size)
 
 
 def _prepare(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:

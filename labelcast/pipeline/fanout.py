@@ -6,10 +6,18 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 from labelcast.errors import SinkError
-from labelcast.pipeline.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
-from labelcast.sinks.base import Sink
+from labelcast.pipeline.frames import (
+    ChangeEvent,
+    Frame,
+    LabelEvent,
+    LabelState,
+    StreamStatus,
+    UnsampledFrame,
+)
+from labelcast.sinks.base import AllFramesSink, Sink
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +31,8 @@ class SinkCounters:
     sent: int = 0
     failed: int = 0
     dropped: int = 0
+    # Unsampled frames (``mode: all-frames`` sinks) dropped because the sink was behind.
+    frames_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,12 @@ class SinkWorker:
     def __init__(self, sink: Sink, capacity: int = 256) -> None:
         self.sink = sink
         self.counters = SinkCounters()
-        self._queue: queue.Queue[tuple[LabelEvent, Frame] | StreamStatus | _Change | None] = (
-            queue.Queue(capacity)
-        )
+        self._queue: queue.Queue[
+            tuple[LabelEvent, Frame] | StreamStatus | _Change | UnsampledFrame | None
+        ] = queue.Queue(capacity)
         self._in_drop_burst = False
+        self._in_frame_drop_burst = False
+        self._closing = False
         # A sink written before change events existed may lack send_change: it gets none.
         self._takes_changes = callable(getattr(sink, "send_change", None))
         if not self._takes_changes:
@@ -72,6 +84,36 @@ class SinkWorker:
                 self._in_drop_burst = True
                 log.warning(
                     "sink %s is behind; dropping events until it catches up", self.sink.name
+                )
+
+    @property
+    def wants_all_frames(self) -> bool:
+        """Whether the sink takes unsampled frames too (``send_unsampled``)."""
+        return bool(getattr(self.sink, "all_frames", False))
+
+    def put_unsampled(self, item: UnsampledFrame, *, wait: bool) -> None:
+        """Hand a frame the sampler skipped to an all-frames sink, in order with its events.
+
+        With ``wait`` a full queue makes the caller (a file source) wait; otherwise the
+        frame is dropped and counted, so a live source never waits for a sink.
+        """
+        while wait and not self._closing:
+            # Not a plain put(): a sink retired by a reload must not hold a source up.
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        try:
+            self._queue.put_nowait(item)
+            self._in_frame_drop_burst = False
+        except queue.Full:
+            self.counters.frames_dropped += 1
+            if not self._in_frame_drop_burst:
+                self._in_frame_drop_burst = True
+                log.warning(
+                    "sink %s is behind; dropping unsampled frames until it catches up",
+                    self.sink.name,
                 )
 
     def put_status(self, status: StreamStatus) -> None:
@@ -104,6 +146,7 @@ class SinkWorker:
 
     def close(self, timeout: float | None = None) -> bool:
         """Deliver what is queued, close the sink; return False if that took over ``timeout``."""
+        self._closing = True
         self._queue.put(_CLOSE)
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -115,6 +158,8 @@ class SinkWorker:
                     self.sink.send_status(item)
                 elif isinstance(item, _Change):
                     self.sink.send_change(item.change, item.state)
+                elif isinstance(item, UnsampledFrame):
+                    cast(AllFramesSink, self.sink).send_unsampled(item)
                 else:
                     self.sink.send(*item)
                     self.counters.sent += 1

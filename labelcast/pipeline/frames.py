@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+import av
 import numpy as np
 import numpy.typing as npt
 
@@ -28,6 +29,28 @@ class Frame:
     pts: float
     captured_at: float
     image: npt.NDArray[np.uint8] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class UnsampledFrame:
+    """A decoded picture the sampler skipped, still in the decoder's pixel format.
+
+    Only sinks that want every frame (overlay ``mode: all-frames``) get these; they are
+    colour-converted by ``to_frame`` on the sink's thread, not on the source's. ``after``
+    is the index of the stream's last sampled frame before this one (-1: none yet).
+    """
+
+    stream: str
+    index: int
+    pts: float
+    captured_at: float
+    after: int
+    picture: av.VideoFrame = field(repr=False)
+
+    def to_frame(self) -> Frame:
+        """Return the picture as a ``Frame`` with an RGB ``uint8`` image."""
+        image: npt.NDArray[np.uint8] = self.picture.to_ndarray(format="rgb24")  # type: ignore[assignment]
+        return Frame(self.stream, self.index, self.pts, self.captured_at, image)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,11 @@ class _PipelineCollector(Collector):
             "1 while the sink is connected.",
             labels=["pipeline", "sink"],
         )
+        frames_dropped = CounterMetricFamily(
+            "labelcast_sink_frames_dropped",
+            "Unsampled frames an all-frames sink dropped because it was behind.",
+            labels=["pipeline", "sink"],
+        )
         for worker in pipeline.sinks:
             sink = worker.sink.name
             counters = worker.counters
@@ -119,9 +124,13 @@ class _PipelineCollector(Collector):
             if callable(depth_of):
                 outbox.add_metric([name, sink], float(depth_of()))
             connected.add_metric([name, sink], float(bool(getattr(worker.sink, "connected", True))))
+            if worker.wants_all_frames:
+                in_sink = int(getattr(worker.sink, "unsampled_dropped", 0))
+                frames_dropped.add_metric([name, sink], counters.frames_dropped + in_sink)
         yield sink_events
         yield outbox
         yield connected
+        yield frames_dropped
 
         alive, _ = pipeline.liveness()
         ready, _ = pipeline.readiness()

@@ -37,10 +37,14 @@ import torch
 
 from labelcast.errors import ModelError
 from labelcast.pipeline.checkpoint import Checkpoint, sha256_of
+from labelcast.pipeline.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "pixel_values"
+# The input of a graph that normalises resized uint8 pixels itself (labelcast export
+# --triton-repo); the same name as the Triton backend's input.
+UINT8_INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 OPSET = 18
 # Bumped when the export changes in a way that makes cached files stale.
@@ -93,8 +97,17 @@ def cached_export(
     return path
 
 
-def export_onnx(model: torch.nn.Module, input_size: tuple[int, int], path: Path) -> None:
+def export_onnx(
+    model: torch.nn.Module,
+    input_size: tuple[int, int],
+    path: Path,
+    *,
+    normalise: Preprocessor | None = None,
+) -> None:
     """Export an fp32 image classifier to ``path`` with a dynamic batch axis.
+
+    With ``normalise`` the graph takes resized ``uint8`` pixels (input ``pixels``) and
+    rescales and normalises them itself, as that preprocessor does (a Triton model).
 
     Uses torch's TorchScript-based exporter (``dynamo=False``): in torch 2.13 it exports
     BEiT-base with a dynamic batch axis, where the ``torch.export``-based one fails to
@@ -104,8 +117,13 @@ def export_onnx(model: torch.nn.Module, input_size: tuple[int, int], path: Path)
     """
     _require("onnx")
     height, width = input_size
-    wrapper = _LogitsOnly(model).eval()
+    wrapper: torch.nn.Module = _LogitsOnly(model).eval()
+    input_name = INPUT_NAME
     example = torch.zeros(2, 3, height, width, dtype=torch.float32)
+    if normalise is not None:
+        wrapper = _NormalisedLogits(model, normalise).eval()
+        input_name = UINT8_INPUT_NAME
+        example = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
         partial = Path(tmp) / path.name
@@ -115,9 +133,9 @@ def export_onnx(model: torch.nn.Module, input_size: tuple[int, int], path: Path)
                     wrapper,
                     (example,),
                     str(partial),
-                    input_names=[INPUT_NAME],
+                    input_names=[input_name],
                     output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    dynamic_axes={input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                     opset_version=OPSET,
                     dynamo=False,
                 )
@@ -129,9 +147,9 @@ def export_onnx(model: torch.nn.Module, input_size: tuple[int, int], path: Path)
                         wrapper,
                         (example,),
                         str(partial),
-                        input_names=[INPUT_NAME],
+                        input_names=[input_name],
                         output_names=[OUTPUT_NAME],
-                        dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", max=4096)}},
+                        dynamic_shapes={input_name: {0: torch.export.Dim("batch", max=4096)}},
                         opset_version=OPSET,
                         dynamo=True,
                         external_data=False,
@@ -233,6 +251,20 @@ def providers_for(device: torch.device) -> list[Any]:
             device,
         )
     return ["CPUExecutionProvider"]
+
+
+class _NormalisedLogits(torch.nn.Module):
+    """A classifier that takes resized ``uint8`` pixels, normalises them, returns logits."""
+
+    def __init__(self, model: torch.nn.Module, preprocessor: Preprocessor) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocessor = preprocessor
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixel_values = self.preprocessor.normalise(pixels, torch.float32)
+        logits: torch.Tensor = self.model(pixel_values=pixel_values).logits
+        return logits
 
 
 class _LogitsOnly(torch.nn.Module):

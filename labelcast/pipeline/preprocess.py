@@ -122,7 +122,29 @@ class Preprocessor:
         device: torch.device,
         dtype: torch.dtype,
     ) -> torch.Tensor:
-        """Return a (N, 3, H, W) tensor of ``dtype`` on ``device`` for N RGB ``uint8`` images."""
+        """Return a (N, 3, H, W) tensor of ``dtype`` on ``device`` for N RGB ``uint8`` images.
+
+        The same as ``normalise(pixels(images, device), dtype)``.
+        """
+        return self.normalise(self.pixels(images, device), dtype)
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """The (height, width) every frame comes out at, or None if it varies with the frame.
+
+        It varies when the shortest edge is resized and nothing is cropped afterwards.
+        """
+        if self.crops:
+            return self.crops[-1]
+        return self.resize_to
+
+    def pixels(self, images: Sequence[npt.NDArray[np.uint8]], device: torch.device) -> torch.Tensor:
+        """Resize and crop N RGB ``uint8`` images: a (N, 3, H, W) ``uint8`` tensor on ``device``.
+
+        The geometric half of preprocessing (what a Triton gateway sends: the fewest bytes);
+        :meth:`normalise` is the other half. Resized pixels are whole ``uint8`` levels on
+        every path (Pillow rounds each pass), so nothing is lost between the two halves.
+        """
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for position, image in enumerate(images):
             by_shape.setdefault(image.shape, []).append(position)
@@ -131,19 +153,34 @@ class Preprocessor:
         for positions in by_shape.values():
             stacked = np.stack([images[p] for p in positions])
             pixels = torch.from_numpy(stacked).to(device, non_blocking=True)
-            parts.append(self._transform(pixels))
+            parts.append(self._geometry(pixels).to(torch.uint8))
             order.extend(positions)
         batch = torch.cat(parts) if len(parts) > 1 else parts[0]
         if order != sorted(order):
             batch = batch[torch.as_tensor(np.argsort(order), device=device)]
-        return batch.to(dtype)
+        return batch
 
-    def _transform(self, pixels: torch.Tensor) -> torch.Tensor:
+    def normalise(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rescale and normalise (N, 3, H, W) ``uint8`` pixels into model input of ``dtype``.
+
+        Runs on the tensor's device; the arithmetic is fp32 whatever ``dtype`` is.
+        """
+        x = pixels.float()
+        if self.rescale_factor is not None:
+            x = x * self.rescale_factor
+        if self.mean is not None and self.std is not None:
+            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        return x.to(dtype)
+
+    def _geometry(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Resize and crop (N, H, W, 3) ``uint8`` pixels to (N, 3, H', W') whole levels."""
         nchw = pixels.permute(0, 3, 1, 2)
         height, width = nchw.shape[2], nchw.shape[3]
         target = self._target_size(height, width)
         if target is None or target == (height, width):
-            x = nchw.float()
+            x = nchw
         elif nchw.device.type == "cpu" and self.resample in (2, 3):
             # torch's CPU kernel resizes uint8 (channels-last, as these frames are) directly,
             # rounding each pass to uint8 as Pillow does, ~20x faster than converting whole
@@ -157,17 +194,10 @@ class Preprocessor:
                     antialias=True,
                     align_corners=False,
                 )
-            x = x.float()
         else:
             x = _resize(nchw.float(), target, self.resample)
         for crop in self.crops:
             x = _center_crop(x, crop)
-        if self.rescale_factor is not None:
-            x = x * self.rescale_factor
-        if self.mean is not None and self.std is not None:
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-            x = (x - mean) / std
         return x
 
     def _target_size(self, height: int, width: int) -> tuple[int, int] | None:

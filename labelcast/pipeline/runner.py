@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from labelcast.config import PipelineConfig, SinkConfig, SourceConfig
-from labelcast.errors import LabelcastError, SourceError
+from labelcast.errors import BatchError, LabelcastError, SourceError
 from labelcast.pipeline.batcher import QueuedFrame, StreamQueues
 from labelcast.pipeline.classifier import Classifier
 from labelcast.pipeline.fanout import SinkWorker
@@ -24,6 +24,7 @@ from labelcast.pipeline.frames import (
     ModelInfo,
     StreamState,
     StreamStatus,
+    UnsampledFrame,
 )
 from labelcast.pipeline.metrics import PipelineMetrics
 from labelcast.pipeline.postprocess import StreamPostprocess
@@ -34,7 +35,7 @@ from labelcast.sinks.callback import CallbackSink
 from labelcast.sinks.log import LogSink
 from labelcast.sinks.mqtt import MqttSink
 from labelcast.sinks.overlay import OverlaySink
-from labelcast.sources.base import Source
+from labelcast.sources.base import Source, UnsampledTap, is_live
 from labelcast.sources.camera import CameraSource
 from labelcast.sources.file import FileSource
 from labelcast.sources.stream import RtspSource, StreamSource
@@ -253,7 +254,11 @@ class Pipeline:
             return True, "finished"
         if not thread.is_alive():
             return False, "the classifier thread has died"
-        age = time.monotonic() - self._heartbeat
+        # Waiting for a remote model server (backend triton) is progress: a down server
+        # is not a hung daemon (readiness reports it instead).
+        labelling = self._labelling
+        remote = labelling.classifier.remote_activity() if labelling is not None else None
+        age = time.monotonic() - max(self._heartbeat, remote or 0.0)
         limit = self.config.classifier_stall_s
         if age > limit:
             return False, f"the classifier has made no progress for {age:.0f} s"
@@ -273,8 +278,13 @@ class Pipeline:
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Whether the pipeline is ready: model loaded, streams online, sinks connected."""
         reasons: list[str] = []
-        if self._labelling is None:
+        labelling = self._labelling
+        if labelling is None:
             reasons.append("the model is not loaded yet")
+        else:
+            remote = labelling.classifier.remote_status()  # backend triton: the server
+            if remote is not None:
+                reasons.append(remote)
         alive, why = self.liveness()
         if not alive:
             reasons.append(why)
@@ -306,9 +316,10 @@ class Pipeline:
             if self._labelling is None or self._done.is_set():
                 raise RuntimeError("reconfigure() needs a running pipeline")
             old = self.config
-            model_changed = old.model.model_dump(exclude={"batch"}) != config.model.model_dump(
-                exclude={"batch"}
-            )
+            # Batch size and wait apply at once; anything else (buckets too) loads the model.
+            model_changed = old.model.model_dump(
+                exclude={"batch": {"max_size", "max_wait_ms"}}
+            ) != config.model.model_dump(exclude={"batch": {"max_size", "max_wait_ms"}})
             classifier = (
                 Classifier.load(config.model) if model_changed else self._labelling.classifier
             )
@@ -387,7 +398,7 @@ class Pipeline:
     # -- sources ---------------------------------------------------------------------------
 
     def _add_stream(self, config: SourceConfig) -> None:
-        live = bool(getattr(SOURCE_CLASSES[config.type], "live", False))
+        live = is_live(SOURCE_CLASSES[config.type], config)
         self._queues.add_stream(config.id, config.queue_size, live=live)
         self._seqs.setdefault(config.id, 0)
         self.stats.setdefault(config.id, StreamStats(config.id))
@@ -429,6 +440,7 @@ class Pipeline:
 
         try:
             source = SOURCE_CLASSES[config.type](config, on_status=on_status)
+            source.on_unsampled = self._tap(source)
             handle.source = source
             if handle.stop.is_set():  # stopped before the source existed
                 _interrupt(source)
@@ -519,9 +531,35 @@ class Pipeline:
             self._sink_entries = unchanged + list(
                 zip(previous, self._open_sinks(previous), strict=True)
             )
+            self._update_taps()
             raise
         self._sink_entries = unchanged + list(zip(configs, added, strict=True))
+        self._update_taps()
         return added
+
+    def _tap(self, source: Source) -> UnsampledTap | None:
+        """Return the source's ``on_unsampled``: None unless a sink wants every frame.
+
+        Handing unsampled frames out costs a colour conversion each, so sources do it
+        only while an all-frames sink runs. A file source waits for a lossless sink; a
+        live source never waits (the sink drops and counts instead).
+        """
+        if not any(worker.wants_all_frames for worker in self.sinks):
+            return None
+        live = source.live
+
+        def deliver(frame: UnsampledFrame) -> None:
+            for worker in self.sinks:
+                if worker.wants_all_frames:
+                    worker.put_unsampled(frame, wait=worker.sink.lossless and not live)
+
+        return deliver
+
+    def _update_taps(self) -> None:
+        """Point every running source's ``on_unsampled`` at the current sinks."""
+        for handle in list(self._sources.values()):
+            if handle.source is not None:
+                handle.source.on_unsampled = self._tap(handle.source)
 
     # -- classification --------------------------------------------------------------------
 
@@ -549,7 +587,7 @@ class Pipeline:
             ):
                 trackers[source.id] = previous.trackers[source.id]
                 continue
-            live = bool(getattr(SOURCE_CLASSES[source.type], "live", False))
+            live = is_live(SOURCE_CLASSES[source.type], source)
             trackers[source.id] = LabelTracker(
                 smoothing,
                 postprocess.of(source.id).names,
@@ -598,6 +636,10 @@ class Pipeline:
                 batching = self.config.model.batch
                 batch = self._queues.next_batch(batching.max_size, batching.max_wait_ms / 1000)
                 if batch is None:
+                    # Frames of failed batches that no later event reported still count.
+                    for stream, frames in self._queues.take_unreported_failed().items():
+                        if stream in self.stats:
+                            self.stats[stream].dropped += frames
                     break
                 if not batch:
                     continue
@@ -610,7 +652,19 @@ class Pipeline:
                     if self_check_wanted(self.config.model, classifier):
                         run_self_check(self.config.model, classifier, images)
                 started = time.perf_counter()
-                probs = classifier.classify(images)
+                try:
+                    # A remote backend (triton) stops waiting for its server on abort().
+                    if classifier.info.backend == "triton":
+                        probs = classifier.classify(images, stop=self._abort)
+                    else:
+                        probs = classifier.classify(images)
+                except BatchError as exc:
+                    # A remote model server kept failing this batch (docs/scaling.md): its
+                    # frames count as dropped, in each stream's next event; the pipeline goes on.
+                    log.warning("%s", exc)
+                    for item in batch:
+                        self._queues.count_failed(item.frame.stream, item.dropped + 1)
+                    continue
                 self.metrics.model_seconds.observe(time.perf_counter() - started)
                 streams = [item.frame.stream for item in batch]
                 for item, (labels, scores) in zip(

@@ -21,6 +21,8 @@ def self_check_wanted(config: ModelConfig, classifier: Classifier) -> bool:
     if config.self_check != "auto":
         return config.self_check == "on"
     info = classifier.info
+    if info.backend == "triton":
+        return False  # a gateway has no weights for a local reference; the server may
     return info.device.startswith("cuda") and info.precision in ("fp16", "bf16")
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from labelcast.pipeline.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
+from labelcast.pipeline.frames import (
+    ChangeEvent,
+    Frame,
+    LabelEvent,
+    LabelState,
+    StreamStatus,
+    UnsampledFrame,
+)
 
 
 class Sink(Protocol):
@@ -37,4 +44,21 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Flush and release everything the sink holds."""
+        ...
+
+
+class AllFramesSink(Sink, Protocol):
+    """A sink that also takes the frames the sampler skipped (``all_frames`` is True).
+
+    The runner then hands it every decoded frame of every stream, in decode order per
+    stream: sampled frames with their events through ``send``, the others through
+    ``send_unsampled``. Unsampled frames usually arrive before the event of the sampled
+    frame they follow (classification takes time); the sink orders them by their
+    ``after`` index.
+    """
+
+    all_frames: bool
+
+    def send_unsampled(self, frame: UnsampledFrame) -> None:
+        """Take a frame the sampler skipped."""
         ...

@@ -2,9 +2,14 @@
 
 Each label event arrives with the very frame it was computed from; the sink draws a banner
 (top labels with scores, stream id, capture time) on a copy of it, on the sink's own thread.
-The annotated frame goes to a rotating MP4 file per stream (at the sampled rate: sinks only
-see classified frames) and/or to an HTTP preview that keeps only the latest picture per
-stream, so a slow or absent viewer never holds anything up.
+The annotated frame goes to a rotating MP4 file per stream and/or to an HTTP preview that
+keeps only the latest picture per stream, so a slow or absent viewer never holds anything up.
+
+Files hold the classified frames (``mode: sampled``), or every decoded frame, each drawn
+with its stream's latest label (``mode: all-frames``). In that mode the sources hand the
+frames their sampler skips to this sink too (still in the decoder's pixel format; they are
+converted here). They arrive before the event of the sampled frame they follow, so each
+waits, bounded by ``max_buffered_frames``, until that event has been written.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import socket
 import threading
 import urllib.parse
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -40,6 +46,7 @@ from labelcast.pipeline.frames import (
     LabelEvent,
     LabelState,
     StreamStatus,
+    UnsampledFrame,
     format_timestamp,
 )
 
@@ -117,12 +124,24 @@ class OverlaySinkConfig(BaseModel):
         ),
     ] = None
     mode: Annotated[
-        Literal["sampled"],
+        Literal["sampled", "all-frames"],
         Field(
-            description="Which frames are written: `sampled` writes each classified frame at "
-            "the sampled rate (sinks see only classified frames, so there is no all-frames mode)."
+            description="Which frames the files hold: `sampled`, each classified frame (at "
+            "the sampled rate); `all-frames`, every decoded frame with the stream's latest "
+            "label (each frame is then colour-converted, drawn and encoded: much more CPU). "
+            "The preview shows classified frames either way."
         ),
     ] = "sampled"
+    max_buffered_frames: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000,
+            description="all-frames: most unsampled frames per stream held while the label "
+            "before them is computed (a 720p frame takes 1.4 MB); beyond it the oldest is "
+            "dropped and counted.",
+        ),
+    ] = 120
     rotate: Annotated[
         RotateConfig, Field(description="When to close a file and begin the next.")
     ] = RotateConfig()
@@ -160,6 +179,8 @@ class OverlaySinkConfig(BaseModel):
     def _has_an_output(self) -> OverlaySinkConfig:
         if self.output is None and self.preview is None:
             raise ValueError("set `output`, `preview` or both")
+        if self.mode == "all-frames" and self.output is None:
+            raise ValueError("mode all-frames is for files: set `output`")
         if self.output is not None:
             if "{stream}" not in self.output:
                 raise ValueError("output: the path must contain {stream}")
@@ -663,7 +684,8 @@ class OverlaySink:
 
     Each stream's latest event is held until the next event of the stream (or its
     change, or ``close``) arrives, so the frame that confirmed a change is drawn
-    highlighted. The preview is updated at once.
+    highlighted. The preview is updated at once. With ``mode: all-frames`` the
+    unsampled frames after a held event wait with it and are written after it.
     """
 
     def __init__(self, config: OverlaySinkConfig) -> None:
@@ -671,6 +693,10 @@ class OverlaySink:
         self.lossless = config.lossless
         self._config = config
         self._pending: dict[str, _Pending] = {}
+        self.all_frames = config.mode == "all-frames"
+        self._followers: dict[str, deque[UnsampledFrame]] = {}
+        self.unsampled_dropped = 0  # all-frames: frames dropped from a full buffer
+        self._in_drop_burst = False
         self._highlights: dict[str, Highlight] = {}
         self._recordings: dict[str, _Recording] = {}
         self._preview = _Preview(config.preview) if config.preview is not None else None
@@ -713,6 +739,10 @@ class OverlaySink:
         self._pending[event.stream] = _Pending(event, frame)
         if previous is not None:
             self._write(previous)
+        # Unsampled frames decoded before this one follow the previous event (or a
+        # sampled frame that was dropped); before the stream's first event there is no
+        # label to draw, and the file starts with its first classified frame.
+        self._write_followers(event.stream, frame.index, previous)
         if self._preview is not None:
             self._preview.update(event.stream, self._draw(event, frame), event)
 
@@ -728,6 +758,33 @@ class OverlaySink:
                 self._preview.update(
                     change.stream, self._draw(pending.event, pending.frame), pending.event
                 )
+
+    def send_unsampled(self, frame: UnsampledFrame) -> None:
+        """all-frames: hold a frame the sampler skipped until the label before it is written."""
+        followers = self._followers.setdefault(frame.stream, deque())
+        if len(followers) >= self._config.max_buffered_frames:
+            followers.popleft()
+            self.unsampled_dropped += 1
+            if not self._in_drop_burst:
+                self._in_drop_burst = True
+                log.warning(
+                    "%s: more than %d frames of %s wait for a label; dropping the oldest "
+                    "(raise max_buffered_frames, or classify faster)",
+                    self.name,
+                    self._config.max_buffered_frames,
+                    frame.stream,
+                )
+        else:
+            self._in_drop_burst = False
+        followers.append(frame)
+
+    def _write_followers(self, stream: str, before: int | None, latest: _Pending | None) -> None:
+        """Write the held unsampled frames decoded before frame ``before`` (None: all)."""
+        followers = self._followers.get(stream)
+        while followers and (before is None or followers[0].after < before):
+            follower = followers.popleft()
+            if latest is not None:
+                self._write(_Pending(latest.event, follower.to_frame()))
 
     def send_status(self, status: StreamStatus) -> None:
         """Show the stream's source state on the preview's index page."""
@@ -792,12 +849,14 @@ class OverlaySink:
         """Write the held frames, finalise every file (so each plays) and stop the preview."""
         problems: list[SinkError] = []
         try:
-            for pending in list(self._pending.values()):
+            for stream, pending in list(self._pending.items()):
                 try:
                     self._write(pending)
+                    self._write_followers(stream, None, pending)
                 except SinkError as exc:
                     problems.append(exc)
             self._pending.clear()
+            self._followers.clear()
             for recording in list(self._recordings.values()):
                 try:
                     recording.close()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Literal
@@ -18,15 +19,18 @@ import numpy.typing as npt
 from pydantic import Field
 
 from labelcast.errors import SourceError
-from labelcast.pipeline.frames import Frame, StreamState
+from labelcast.pipeline.frames import Frame, StreamState, UnsampledFrame
 from labelcast.pipeline.sampler import Sampler
-from labelcast.sources.base import DecodeMode, SourceConfigBase
+from labelcast.sources.base import DecodeMode, SourceConfigBase, UnsampledTap
 
 log = logging.getLogger(__name__)
 
 # A file whose last decoded frame is more than this many frame periods short of the
 # duration its container declares was cut off.
 _TRUNCATION_FRAMES = 3
+# A real-time source this far behind its clip's clock says so (once): decoding, or a
+# consumer that makes it wait, cannot keep up with real time.
+_BEHIND_WARNING_S = 2.0
 
 
 class FileSourceConfig(SourceConfigBase):
@@ -38,12 +42,37 @@ class FileSourceConfig(SourceConfigBase):
         DecodeMode,
         Field(description="all: decode every frame; keyframes: decode key frames only."),
     ] = "all"
+    realtime: Annotated[
+        bool,
+        Field(
+            description="Release frames at the clip's own rate (by their timestamps), like "
+            "a camera; the stream is then live: when the classifier is behind, the oldest "
+            "queued frame is dropped and counted."
+        ),
+    ] = False
+    loop: Annotated[
+        bool,
+        Field(
+            description="Start again at the end of the file, until the pipeline stops; "
+            "timestamps (pts) and frame indexes keep increasing across rounds."
+        ),
+    ] = False
 
 
 class FileSource:
-    """Decodes a video file and yields its sampled frames; never drops, ends with the file."""
+    """Decodes a video file and yields its sampled frames.
+
+    By default it never drops and ends with the file. With ``realtime`` it releases
+    frames at the clip's own rate and is live (see ``live_for``); with ``loop`` it
+    starts again at the end until ``stop()``.
+    """
 
     live = False
+
+    @classmethod
+    def live_for(cls, config: FileSourceConfig) -> bool:
+        """Whether a stream of ``config`` is live: a file replayed in real time is."""
+        return config.realtime
 
     def __init__(
         self,
@@ -61,8 +90,25 @@ class FileSource:
         self._stream: av.video.stream.VideoStream | None = None
         self.frames_decoded = 0
         self.frame_count_hint: int | None = None
+        self.on_unsampled: UnsampledTap | None = None
+        self.live = config.realtime
+        self._loop = config.loop
+        self._stopped = threading.Event()
+        self._pacer = _Pacer(self._stopped, self.stream_id) if config.realtime else None
+        # Added to every pts of the current round, so that a looped file's pts go on.
+        self._pts_offset = 0.0
 
     def __enter__(self) -> FileSource:
+        self._open()
+        stream = self._stream
+        assert stream is not None  # _open() set it
+        # With key frames only, how many frames will be decoded is not known up front;
+        # a looped file has no end.
+        known = not self._keyframes and not self._loop
+        self.frame_count_hint = (stream.frames or None) if known else None
+        return self
+
+    def _open(self) -> None:
         if not self._path.is_file():
             raise SourceError(f"stream {self.stream_id!r}: video file not found: {self._path}")
         try:
@@ -78,9 +124,10 @@ class FileSource:
         self._stream.thread_type = "AUTO"
         if self._keyframes:
             self._stream.codec_context.skip_frame = "NONKEY"
-        # With key frames only, how many frames will be decoded is not known up front.
-        self.frame_count_hint = None if self._keyframes else self._stream.frames or None
-        return self
+
+    def stop(self) -> None:
+        """Make ``frames()`` return soon: within one packet, or at once while pacing."""
+        self._stopped.set()
 
     def __exit__(
         self,
@@ -93,20 +140,46 @@ class FileSource:
             self._container = None
 
     def frames(self) -> Iterator[Frame]:
-        """Yield the sampled frames of the file in order; warn if the file is damaged."""
-        container, stream = self._container, self._stream
-        if container is None or stream is None:
+        """Yield the sampled frames of the file in order; warn if the file is damaged.
+
+        With ``loop`` the file starts again at its end (pts going on) until ``stop()``;
+        a round that decodes nothing, or a damaged file, ends the stream instead.
+        """
+        if self._container is None or self._stream is None:
             raise RuntimeError("FileSource.frames() called outside its context")
+        first_round = True
+        while True:
+            span = yield from self._round(first_round)
+            if not self._loop or span is None or self._stopped.is_set():
+                return
+            first_round = False
+            self._pts_offset += span
+            if self._container is not None:
+                self._container.close()
+            self._open()
+
+    def _round(self, first_round: bool) -> Generator[Frame, None, float | None]:
+        """Yield the sampled frames of one pass over the file.
+
+        Returns how long the pass lasts in pts (first frame to the end of the last), or
+        None when the stream must end here: stopped, damaged, or nothing decoded.
+        """
+        container, stream = self._container, self._stream
+        assert container is not None and stream is not None  # frames() checked
         rate = float(stream.average_rate or 25)
+        first_pts: float | None = None
         last_pts: float | None = None
         last_packet_pts: float | None = None
         bad_packets = 0
+        last_sampled = -1
         try:
             for packet in container.demux(stream):
-                if self._keyframes and packet.pts is not None and packet.time_base is not None:
-                    # The last key frame is up to a GOP before the end: judge truncation
-                    # by the packets read instead.
-                    packet_pts = float(packet.pts * packet.time_base)
+                if self._stopped.is_set():
+                    return None
+                if packet.pts is not None and packet.time_base is not None:
+                    # The last key frame is up to a GOP before the end: with key frames
+                    # only, truncation and a round's length go by the packets read.
+                    packet_pts = float(packet.pts * packet.time_base) + self._pts_offset
                     last_packet_pts = max(last_packet_pts or packet_pts, packet_pts)
                 try:
                     decoded = packet.decode()
@@ -125,9 +198,27 @@ class FileSource:
                     index = self.frames_decoded
                     self.frames_decoded += 1
                     pts = video_frame.time if video_frame.time is not None else index / rate
+                    pts += self._pts_offset
+                    if first_pts is None:
+                        first_pts = pts
                     last_pts = pts
+                    if self._pacer is not None and not self._pacer.wait_until(pts):
+                        return None  # stopped while waiting for the frame's time
                     if not self._sampler.take(index, pts):
+                        tap = self.on_unsampled
+                        if tap is not None:
+                            tap(
+                                UnsampledFrame(
+                                    self.stream_id,
+                                    index,
+                                    pts,
+                                    time.time(),
+                                    last_sampled,
+                                    video_frame,
+                                )
+                            )
                         continue
+                    last_sampled = index
                     image: npt.NDArray[np.uint8] = video_frame.to_ndarray(format="rgb24")  # type: ignore[assignment]
                     yield Frame(self.stream_id, index, pts, time.time(), image)
         except av.error.FFmpegError as exc:
@@ -138,7 +229,7 @@ class FileSource:
                 last_pts or 0.0,
                 exc,
             )
-            return
+            return None
         if bad_packets > 1:
             log.warning(
                 "stream %r: skipped %d damaged packets in %s",
@@ -146,7 +237,14 @@ class FileSource:
                 bad_packets,
                 self._path,
             )
-        self._warn_if_cut_short(stream, last_packet_pts if self._keyframes else last_pts, rate)
+        if first_round:
+            self._warn_if_cut_short(stream, last_packet_pts if self._keyframes else last_pts, rate)
+        if first_pts is None or last_pts is None:
+            if self._loop:
+                log.warning("stream %r: %s has no frames to loop", self.stream_id, self._path)
+            return None
+        end = max(last_pts, last_packet_pts or last_pts) + 1.0 / rate
+        return end - first_pts
 
     def _warn_if_cut_short(
         self, stream: av.video.stream.VideoStream, last_pts: float | None, rate: float
@@ -165,3 +263,36 @@ class FileSource:
                 reached,
                 declared_end,
             )
+
+
+class _Pacer:
+    """Holds frames back until their time comes, by pts, from the first one on: a camera.
+
+    The first frame sets the clock; each later frame is released ``pts - first pts``
+    seconds after it. A frame already due (decoding, or whoever takes the frames, was
+    slow) is released at once; the source warns once when that lag grows large.
+    """
+
+    def __init__(self, stopped: threading.Event, stream_id: str) -> None:
+        self._stopped = stopped
+        self._stream_id = stream_id
+        self._origin: float | None = None  # monotonic time at which pts 0 is due
+        self._warned = False
+
+    def wait_until(self, pts: float) -> bool:
+        """Wait until the frame at ``pts`` is due; return False if stopped meanwhile."""
+        now = time.monotonic()
+        if self._origin is None:
+            self._origin = now - pts
+        delay = self._origin + pts - now
+        if delay > 0:
+            return not self._stopped.wait(delay)
+        if -delay > _BEHIND_WARNING_S and not self._warned:
+            self._warned = True
+            log.warning(
+                "stream %r: %.1f s behind real time (decoding, or the pipeline, cannot keep "
+                "up); frames are released as soon as they are decoded",
+                self._stream_id,
+                -delay,
+            )
+        return not self._stopped.is_set()

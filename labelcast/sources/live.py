@@ -27,10 +27,10 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labelcast.errors import SourceError
-from labelcast.pipeline.frames import Frame, StreamState
+from labelcast.pipeline.frames import Frame, StreamState, UnsampledFrame
 from labelcast.pipeline.sampler import Sampler
 from labelcast.redact import Redactor
-from labelcast.sources.base import SourceConfigBase
+from labelcast.sources.base import SourceConfigBase, UnsampledTap
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,8 @@ class LiveSource:
     ) -> None:
         self.stream_id = config.id
         self.frames_decoded = 0
+        self.on_unsampled: UnsampledTap | None = None
+        self._last_sampled = -1
         self._on_status = on_status
         self._redactor = redactor or Redactor()
         self._sampler = Sampler(config.sample)
@@ -309,11 +311,12 @@ class LiveSource:
 
     # Producer helpers.
 
-    def _take(self, conn: Connection, pts: float) -> int | None:
+    def _take(self, conn: Connection, pts: float, video_frame: av.VideoFrame) -> int | None:
         """Count a decoded frame of ``conn`` and return its index if the sampler takes it.
 
-        Returns None for a frame that is not sampled, and for every frame of an
-        abandoned connection (its producer may run a little longer than it should).
+        Returns None for a frame that is not sampled (handing it to ``on_unsampled`` when
+        that is set), and for every frame of an abandoned connection (its producer may
+        run a little longer than it should).
         """
         with self._sampler_lock:
             if conn is not self._conn or conn.closing.is_set():
@@ -321,7 +324,14 @@ class LiveSource:
             conn.alive()
             index = self.frames_decoded
             self.frames_decoded += 1
-            return index if self._sampler.take(index, pts) else None
+            if self._sampler.take(index, pts):
+                self._last_sampled = index
+                return index
+            after = self._last_sampled
+        tap = self.on_unsampled
+        if tap is not None:
+            tap(UnsampledFrame(self.stream_id, index, pts, time.time(), after, video_frame))
+        return None
 
     # The state machine.
 

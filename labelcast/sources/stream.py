@@ -183,7 +183,7 @@ class PyAVLiveSource(LiveSource):
                     # Before RTCP sync FFmpeg has no timestamp; the sampler re-anchors
                     # when real ones start.
                     pts = time.monotonic() - (conn.opened_at or conn.started_at)
-                index = self._take(conn, pts)
+                index = self._take(conn, pts, video_frame)
                 if index is None:
                     continue
                 if not conn.offer(Picture(index, pts, time.time(), video_frame)):

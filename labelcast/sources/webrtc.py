@@ -421,7 +421,7 @@ class WebRTCSource(LiveSource):
         pts = frame.time
         if pts is None:
             pts = time.monotonic() - (conn.opened_at or conn.started_at)
-        index = self._take(conn, pts)
+        index = self._take(conn, pts, frame)
         if index is None:
             return
         if not conn.offer_nowait(Picture(index, pts, time.time(), frame)):
