@@ -846,12 +846,14 @@ def _current_rss_mb() -> float:
 
 
 def _rss_summary(samples: list[tuple[float, float]], seconds: float) -> dict[str, Any]:
-    """RSS at the start and end of a run, and its growth: medians of the first and last window.
+    """RSS after warm-up and at the end of a run, and its growth: medians of two windows.
 
     The window is a minute, or a fifth of the run when that is shorter than five minutes.
+    The first window is warm-up (the model's first batches, queues filling, the allocator
+    growing to its working set) and is skipped: the baseline is the second window.
     """
     window = min(60.0, seconds / 5)
-    first = [mb for t, mb in samples if t <= window]
+    first = [mb for t, mb in samples if window < t <= 2 * window]
     last = [mb for t, mb in samples if seconds - window <= t <= seconds]
     if not first or not last:
         return {"samples": len(samples), "growth_pct": None}
@@ -1307,7 +1309,8 @@ def _live_lines(run: dict[str, Any], s: dict[str, Any]) -> list[str]:
     rss = run["rss_mb"]
     if rss.get("growth_pct") is not None:
         lines.append(
-            f"  RSS {rss['baseline']:.0f} MB (median of the first {rss['window_s']:.0f} s) -> "
+            f"  RSS {rss['baseline']:.0f} MB (median of {rss['window_s']:.0f}-"
+            f"{2 * rss['window_s']:.0f} s) -> "
             f"{rss['final']:.0f} MB (last {rss['window_s']:.0f} s): {rss['growth_pct']:+.1f} %, "
             f"max {rss['max']:.0f} MB ({rss['samples']} samples)"
         )
