@@ -248,6 +248,26 @@ def test_all_frames_mode_writes_every_decoded_frame_with_the_latest_label(
     assert checked > 80
 
 
+def test_all_frames_from_a_file_keeps_every_frame_however_far_decoding_runs_ahead(
+    tiny_model, clips, tmp_path
+):
+    # Given a 20 s, 30 fps file (600 frames, 15 per sampled one) and a lossless all-frames
+    # sink whose buffer holds fewer frames than the file could decode ahead of its labels
+    output = tmp_path / "out" / "{stream}" / "{date}.mp4"
+    config = run_config(tiny_model, clips["long"], output, tmp_path / "e.jsonl", mode="all-frames")
+    config["sinks"][1]["max_buffered_frames"] = 60
+    pipeline = Pipeline(load_config(write_config(tmp_path, config)))
+    # When it runs to the end
+    pipeline.run()
+    # Then the file holds all 600 frames and nothing was dropped anywhere
+    (path,) = (tmp_path / "out" / "door").glob("*.mp4")
+    images, times, _ = decode(path)
+    (_, worker) = pipeline.sinks
+    assert len(images) == pipeline.stats["door"].decoded == 600
+    assert worker.counters.frames_dropped == worker.sink.unsampled_dropped == 0
+    assert times == sorted(times)
+
+
 def logged_event(record: dict) -> LabelEvent:
     """The LabelEvent a logged label event describes (for drawing it again)."""
     labels = tuple(Label(x["label"], x["score"], x["class_id"]) for x in record["labels"])

@@ -38,6 +38,8 @@ class UnsampledFrame:
     Only sinks that want every frame (overlay ``mode: all-frames``) get these; they are
     colour-converted by ``to_frame`` on the sink's thread, not on the source's. ``after``
     is the index of the stream's last sampled frame before this one (-1: none yet).
+    ``keep`` marks a frame of a file feeding a lossless sink: the sink keeps it even past
+    its buffer bound (the file waits for the sink instead, which bounds the buffer).
     """
 
     stream: str
@@ -46,6 +48,7 @@ class UnsampledFrame:
     captured_at: float
     after: int
     picture: av.VideoFrame = field(repr=False)
+    keep: bool = False
 
     def to_frame(self) -> Frame:
         """Return the picture as a ``Frame`` with an RGB ``uint8`` image."""

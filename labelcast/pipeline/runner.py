@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from labelcast.config import PipelineConfig, SinkConfig, SourceConfig
 from labelcast.errors import BatchError, LabelcastError, SourceError
@@ -549,9 +549,17 @@ class Pipeline:
         live = source.live
 
         def deliver(frame: UnsampledFrame) -> None:
-            for worker in self.sinks:
-                if worker.wants_all_frames:
-                    worker.put_unsampled(frame, wait=worker.sink.lossless and not live)
+            workers = [worker for worker in self.sinks if worker.wants_all_frames]
+            if not live and any(worker.sink.lossless for worker in workers):
+                # A file decodes far ahead of the classifier, and its unsampled frames
+                # wait in the sink for their labels: keep its lead to about one sampled
+                # frame, so that few wait at a time.
+                while self._queues.depth(frame.stream) > 0 and not self._abort.is_set():
+                    time.sleep(0.005)
+            for worker in workers:
+                wait = worker.sink.lossless and not live
+                # A waiting file is bounded by the sink's queue: the sink keeps its frames.
+                worker.put_unsampled(replace(frame, keep=wait), wait=wait)
 
         return deliver
 

@@ -137,9 +137,9 @@ class OverlaySinkConfig(BaseModel):
         Field(
             ge=1,
             le=10_000,
-            description="all-frames: most unsampled frames per stream held while the label "
-            "before them is computed (a 720p frame takes 1.4 MB); beyond it the oldest is "
-            "dropped and counted.",
+            description="all-frames: most unsampled frames of a live stream held while the "
+            "label before them is computed (a 720p frame takes 1.4 MB); beyond it the oldest "
+            "is dropped and counted. Files feeding a lossless sink wait for it instead.",
         ),
     ] = 120
     rotate: Annotated[
@@ -762,7 +762,7 @@ class OverlaySink:
     def send_unsampled(self, frame: UnsampledFrame) -> None:
         """all-frames: hold a frame the sampler skipped until the label before it is written."""
         followers = self._followers.setdefault(frame.stream, deque())
-        if len(followers) >= self._config.max_buffered_frames:
+        if len(followers) >= self._config.max_buffered_frames and not frame.keep:
             followers.popleft()
             self.unsampled_dropped += 1
             if not self._in_drop_burst:
