@@ -5,7 +5,9 @@
 #   device run, carry [".whl"], command "bash bench/gpu.sh"
 # Results land in $OUT: gpu.txt, gpu-tests.log, and bench-<variant>.json/.txt for
 #   fp16, fp32          batch 32, 8 streams at 2 fps, bare vs e2e vs naive
-#   fp16-b256           batch 256, 8 streams at 10 fps, plain (no buckets, eager)
+#   fp16-b256           batch 256, 8 streams at 10 fps, plain (no buckets, eager), and
+#                       the from-decoded-frames phase: 720p uint8 frames staged through
+#                       pinned memory and a side stream, serial vs overlapped
 #   fp16-b256-compile   the same with buckets 64,256 and model.compile: torch-compile
 #                       (CUDA graphs; compiled at load, in each phase's process)
 #   fp16-b256-buckets   buckets 64,256 without compile (the cost of padding alone)
@@ -46,8 +48,15 @@ bench() {
 b256=(--precision fp16 --batch 256 --streams 8 --seconds 20 --fps 10 --skip-naive)
 buckets=(--buckets 64,256)
 bench fp16 100 --precision fp16 --seconds 20 --streams 8
-bench fp16-b256 70 "${b256[@]}"
+bench fp16-b256 100 "${b256[@]}" --from-frames
 bench fp16-b256-compile 200 "${b256[@]}" "${buckets[@]}" --compile torch-compile
 bench fp32 90 --precision fp32 --seconds 20 --streams 8
 bench fp16-b256-buckets 70 "${b256[@]}" "${buckets[@]}"
+# ONNX Runtime's CUDA execution provider, where that machine has onnxruntime-gpu and the
+# exporter's packages (its wheels are too large to carry): fp32, batch 32, beside fp16 above.
+if python3 -c "import onnx, onnxscript, onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()" 2>/dev/null; then
+  bench ort-cuda 120 --backend onnxruntime --seconds 20 --streams 8
+else
+  echo "bench-ort-cuda: skipped, no onnxruntime-gpu (with onnx, onnxscript) here" | tee -a "$OUT/skipped.txt"
+fi
 tail -n 20 "$OUT"/bench-*.txt

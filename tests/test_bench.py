@@ -25,9 +25,10 @@ def test_quick_bench_writes_all_figures(tiny_model: Path, tmp_path: Path) -> Non
         str(tmp_path / "work"),
         "--json",
         str(out),
+        "--from-frames",
     ]
 
-    # when the benchmark runs in quick mode
+    # when the benchmark runs in quick mode, with the from-decoded-frames phase
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
 
     # then it exits cleanly, prints the three rates and writes them as JSON
@@ -43,6 +44,14 @@ def test_quick_bench_writes_all_figures(tiny_model: Path, tmp_path: Path) -> Non
         assert data[phase]["peak_rss_mb"] > 0, phase
     assert data["ratios"]["e2e_over_bare"] > 0
     assert data["ratios"]["e2e_over_naive"] > 0
+    # the frames phase classified decoded 1280x720 frames, serially and overlapped
+    # (overlapping needs CUDA: on the CPU both are the same work)
+    frames = data["frames"]
+    assert frames["frame_shape"] == [720, 1280, 3] and frames["overlaps"] is False
+    assert frames["frames_per_s"] > 0 and frames["serial_frames_per_s"] > 0
+    assert frames["overlapped_batches"] >= 2 and frames["serial_batches"] >= 2
+    assert data["ratios"]["frames_over_bare"] > 0
+    assert "(d) from decoded frames" in result.stdout
     latency = data["e2e"]["latency_ms"]
     assert 0 <= latency["p50"] <= latency["p99"]
     # every sampled frame of every stream was classified, by labelcast and by the naive loop

@@ -30,6 +30,7 @@ from labelcast.pipeline.checkpoint import Checkpoint, resolve_checkpoint, verify
 from labelcast.pipeline.onnx_backend import OnnxModel
 from labelcast.pipeline.position_bias import cache_position_bias
 from labelcast.pipeline.preprocess import Preprocessor
+from labelcast.pipeline.staging import InputStager
 from labelcast.pipeline.triton_backend import TritonConfig, TritonModel
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class Classifier:
         local_torch = info.backend == "torch"
         self._device = torch.device(info.device if local_torch else "cpu")
         self._dtype = _DTYPES[info.precision] if local_torch else torch.float32
+        self._stager = InputStager(preprocessor, self._device, self._dtype)
         self.id2label = id2label
         self.info = info
 
@@ -382,7 +384,7 @@ class Classifier:
         """
         if isinstance(self._model, TritonModel):
             return self._preprocessor.pixels(images, self._device)
-        return self._preprocessor(images, self._device, self._dtype)
+        return self._stager.stage(images).on(self._compute_stream())
 
     def forward(
         self, pixel_values: torch.Tensor, stop: threading.Event | None = None
@@ -423,6 +425,34 @@ class Classifier:
             )
         return result
 
+    @property
+    def overlaps(self) -> bool:
+        """True where :meth:`submit` returns while the device still works (torch on CUDA).
+
+        The pipeline then stages the next batch while this one computes.
+        """
+        return self._stager.asynchronous and isinstance(self._model, torch.nn.Module)
+
+    def submit(
+        self, images: Sequence[npt.NDArray[np.uint8]], stop: threading.Event | None = None
+    ) -> PendingBatch:
+        """Start classifying ``images``; the returned batch's ``result()`` is :meth:`classify`'s.
+
+        On CUDA this queues the whole batch (copy, preprocessing, forward pass, softmax,
+        copy back) and returns at once, so the caller can stage the next batch meanwhile
+        (see ``staging.py``). Elsewhere it classifies before returning.
+        """
+        if not self.overlaps:
+            return PendingBatch(torch.from_numpy(self.classify(images, stop)), None)
+        with torch.inference_mode():
+            stream = self._compute_stream()
+            probs = self.forward(self._stager.stage(images).on(stream)).float().softmax(dim=-1)
+            host = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(probs, non_blocking=True)
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record(stream)
+        return PendingBatch(host, done)
+
     def classify(
         self, images: Sequence[npt.NDArray[np.uint8]], stop: threading.Event | None = None
     ) -> npt.NDArray[np.float32]:
@@ -431,11 +461,19 @@ class Classifier:
         With backend triton this waits through server faults (``stop`` ends the wait)
         and raises BatchError for a batch it drops (see ``triton_backend.py``).
         """
+        if self.overlaps:
+            return self.submit(images).result()
         with torch.inference_mode():
             logits = self.forward(self.preprocess(images), stop)
             probs = logits.float().softmax(dim=-1)
         result: npt.NDArray[np.float32] = probs.cpu().numpy()
         return result
+
+    def _compute_stream(self) -> torch.cuda.Stream | None:
+        """Return the CUDA stream the forward pass runs on (None off CUDA)."""
+        if self._device.type != "cuda":
+            return None
+        return torch.cuda.current_stream(self._device)
 
     def remote_status(self) -> str | None:
         """Why a remote model server can't be used right now; None when it can (or is local)."""
@@ -448,6 +486,23 @@ class Classifier:
         if isinstance(self._model, TritonModel):
             return self._model.activity
         return None
+
+
+class PendingBatch:
+    """A batch :meth:`Classifier.submit` started: its probabilities, once the device is done."""
+
+    def __init__(self, probs: torch.Tensor, done: torch.cuda.Event | None) -> None:
+        # ``probs``: fp32 on the host (on CUDA the pinned buffer the device copies into,
+        # filled once ``done`` has passed).
+        self._probs = probs
+        self._done = done
+
+    def result(self) -> npt.NDArray[np.float32]:
+        """Wait for the device (if it is still working); return the (N, num_labels) scores."""
+        if self._done is not None:
+            self._done.synchronize()
+        result: npt.NDArray[np.float32] = self._probs.numpy()
+        return result
 
 
 def reference_config(config: ModelConfig) -> ModelConfig:

@@ -145,19 +145,24 @@ class Preprocessor:
         :meth:`normalise` is the other half. Resized pixels are whole ``uint8`` levels on
         every path (Pillow rounds each pass), so nothing is lost between the two halves.
         """
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for position, image in enumerate(images):
-            by_shape.setdefault(image.shape, []).append(position)
-        parts: list[torch.Tensor] = []
-        order: list[int] = []
-        for positions in by_shape.values():
-            stacked = np.stack([images[p] for p in positions])
-            pixels = torch.from_numpy(stacked).to(device, non_blocking=True)
-            parts.append(self._geometry(pixels).to(torch.uint8))
-            order.extend(positions)
+        groups = [
+            (positions, torch.from_numpy(np.stack([images[p] for p in positions])).to(device))
+            for positions in shape_groups(images)
+        ]
+        return self.resize_groups(groups)
+
+    def resize_groups(self, groups: Sequence[tuple[Sequence[int], torch.Tensor]]) -> torch.Tensor:
+        """Resize and crop groups of same-size frames into one (N, 3, H, W) ``uint8`` batch.
+
+        Each group is the frames' positions in the batch (as :func:`shape_groups` gives
+        them) and their (n, H, W, 3) ``uint8`` pixels, already on the device; the result
+        is on that device, its frames in position order.
+        """
+        parts = [self._geometry(pixels).to(torch.uint8) for _, pixels in groups]
+        order = [position for positions, _ in groups for position in positions]
         batch = torch.cat(parts) if len(parts) > 1 else parts[0]
         if order != sorted(order):
-            batch = batch[torch.as_tensor(np.argsort(order), device=device)]
+            batch = batch[torch.as_tensor(np.argsort(order), device=batch.device)]
         return batch
 
     def normalise(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -169,8 +174,7 @@ class Preprocessor:
         if self.rescale_factor is not None:
             x = x * self.rescale_factor
         if self.mean is not None and self.std is not None:
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            mean, std = _channel_constants(self.mean, self.std, x.device)
             x = (x - mean) / std
         return x.to(dtype)
 
@@ -211,6 +215,32 @@ class Preprocessor:
                 return (self.shortest_edge, scaled_long)
             return (scaled_long, self.shortest_edge)
         return None
+
+
+def shape_groups(images: Sequence[npt.NDArray[np.uint8]]) -> list[list[int]]:
+    """Positions of the images of each shape, in order of first appearance.
+
+    Frames of one size are resized together; a batch mixing cameras has a group each.
+    """
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for position, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(position)
+    return list(by_shape.values())
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_constants(
+    mean: tuple[float, float, float], std: tuple[float, float, float], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, 3, 1, 1) fp32 tensors on ``device``, made once.
+
+    Made per call, each would be a blocking host-to-device copy on CUDA, stalling the
+    host while it stages a batch (see staging.py).
+    """
+    return (
+        torch.tensor(mean, device=device).view(1, 3, 1, 1),
+        torch.tensor(std, device=device).view(1, 3, 1, 1),
+    )
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], resample: int) -> torch.Tensor:

@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+import numpy.typing as npt
+
 from labelcast.config import PipelineConfig, SinkConfig, SourceConfig
 from labelcast.errors import BatchError, LabelcastError, SourceError
 from labelcast.pipeline.batcher import QueuedFrame, StreamQueues
@@ -115,6 +118,21 @@ class _Labelling:
     postprocess: StreamPostprocess
     trackers: dict[str, LabelTracker]
     model_info: ModelInfo
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """A batch handed to the classifier: ``result()`` waits for its scores."""
+
+    batch: list[QueuedFrame]
+    labelling: _Labelling
+    started: float  # time.perf_counter() at submission
+    result: Callable[[], npt.NDArray[np.float32]]
+
+
+def _ready(probs: npt.NDArray[np.float32]) -> Callable[[], npt.NDArray[np.float32]]:
+    """Return the ``result`` of a batch classified before it was submitted (nothing to wait for)."""
+    return lambda: probs
 
 
 class Pipeline:
@@ -637,12 +655,26 @@ class Pipeline:
 
     def _classify_loop(self) -> None:
         self_check_pending = True
+        # On CUDA (classifier.overlaps) one batch stays in flight on the device while the
+        # next is formed and staged; its events are published once the next is submitted.
+        in_flight: _Submitted | None = None
         try:
             while True:
                 self._heartbeat = time.monotonic()
+                in_flight = self._complete_before_reload(in_flight)
                 labelling = self._take_pending()
                 batching = self.config.model.batch
-                batch = self._queues.next_batch(batching.max_size, batching.max_wait_ms / 1000)
+                if in_flight is None:
+                    batch = self._queues.next_batch(batching.max_size, batching.max_wait_ms / 1000)
+                else:
+                    # The device is busy: take only frames already queued, so the batch in
+                    # flight is not held back waiting for more.
+                    batch = self._queues.next_batch(batching.max_size, 0.0, idle_s=0.0)
+                if not batch and in_flight is not None:
+                    # Nothing queued (or all ended): publish the batch in flight first.
+                    self._complete(in_flight)
+                    in_flight = None
+                    continue
                 if batch is None:
                     # Frames of failed batches that no later event reported still count.
                     for stream, frames in self._queues.take_unreported_failed().items():
@@ -651,6 +683,7 @@ class Pipeline:
                     break
                 if not batch:
                     continue
+                in_flight = self._complete_before_reload(in_flight)
                 labelling = self._take_pending()
                 self._count_batch(batch)
                 images = [item.frame.image for item in batch]
@@ -659,13 +692,17 @@ class Pipeline:
                     self_check_pending = False
                     if self_check_wanted(self.config.model, classifier):
                         run_self_check(self.config.model, classifier, images)
+                # Wrappers with only classify() (a duck-typed Classifier) run serially.
+                overlaps = bool(getattr(classifier, "overlaps", False))
                 started = time.perf_counter()
                 try:
-                    # A remote backend (triton) stops waiting for its server on abort().
-                    if classifier.info.backend == "triton":
-                        probs = classifier.classify(images, stop=self._abort)
+                    if overlaps:
+                        result = classifier.submit(images).result
+                    elif classifier.info.backend == "triton":
+                        # A remote backend stops waiting for its server on abort().
+                        result = _ready(classifier.classify(images, stop=self._abort))
                     else:
-                        probs = classifier.classify(images)
+                        result = _ready(classifier.classify(images))
                 except BatchError as exc:
                     # A remote model server kept failing this batch (docs/scaling.md): its
                     # frames count as dropped, in each stream's next event; the pipeline goes on.
@@ -673,20 +710,14 @@ class Pipeline:
                     for item in batch:
                         self._queues.count_failed(item.frame.stream, item.dropped + 1)
                     continue
-                self.metrics.model_seconds.observe(time.perf_counter() - started)
-                streams = [item.frame.stream for item in batch]
-                for item, (labels, scores) in zip(
-                    batch, labelling.postprocess.run(streams, probs), strict=True
-                ):
-                    frame = item.frame
-                    self._seqs[frame.stream] += 1
-                    seq = self._seqs[frame.stream]
-                    self._publish(item, labels, seq, labelling.model_info)
-                    tracker = labelling.trackers[frame.stream]
-                    change = tracker.update(
-                        scores, seq=seq, pts=frame.pts, captured_at=frame.captured_at
-                    )
-                    self._publish_change(tracker, change)
+                submitted = _Submitted(batch, labelling, started, result)
+                if in_flight is not None:
+                    self._complete(in_flight)
+                    in_flight = None
+                if overlaps:
+                    in_flight = submitted
+                else:
+                    self._complete(submitted)
         except BaseException as exc:
             self._error = exc
             if isinstance(exc, LabelcastError):
@@ -695,6 +726,34 @@ class Pipeline:
                 log.exception("the classifier failed; stopping the pipeline")
         finally:
             self._finish()
+
+    def _complete_before_reload(self, in_flight: _Submitted | None) -> _Submitted | None:
+        """Publish the batch in flight if a reload waits (it goes out under its own rules).
+
+        Returns what is still in flight.
+        """
+        if in_flight is not None and self._pending is not None:
+            self._complete(in_flight)
+            return None
+        return in_flight
+
+    def _complete(self, submitted: _Submitted) -> None:
+        """Wait for a submitted batch's scores and publish its events and label changes."""
+        probs = submitted.result()
+        # With a batch in flight this includes the time it queued behind the one before.
+        self.metrics.model_seconds.observe(time.perf_counter() - submitted.started)
+        labelling = submitted.labelling
+        streams = [item.frame.stream for item in submitted.batch]
+        for item, (labels, scores) in zip(
+            submitted.batch, labelling.postprocess.run(streams, probs), strict=True
+        ):
+            frame = item.frame
+            self._seqs[frame.stream] += 1
+            seq = self._seqs[frame.stream]
+            self._publish(item, labels, seq, labelling.model_info)
+            tracker = labelling.trackers[frame.stream]
+            change = tracker.update(scores, seq=seq, pts=frame.pts, captured_at=frame.captured_at)
+            self._publish_change(tracker, change)
 
     def _finish(self) -> None:
         self.stop()
