@@ -3,7 +3,9 @@
 # That machine's Python (3.12) has torch and transformers but not PyAV, paho-mqtt or
 # pydantic: fetch their wheels here first with bench/fetch_gpu_wheels.sh, then run
 #   device run, carry [".whl"], command "bash bench/gpu.sh"
-# Results land in $OUT: gpu.txt, gpu-tests.log, and bench-<variant>.json/.txt for
+# Only 8 files come back from $OUT, so results land there as: gpu.txt (device, versions,
+# each step's exit), gpu-tests.log, bench.txt (every run's report, one after another),
+# skipped.txt if a step was skipped, and results.tgz with bench-<variant>.json/.txt for
 #   fp16, fp32          batch 32, 8 streams at 2 fps, bare vs e2e vs naive
 #   fp16-b256           batch 256, 8 streams at 10 fps, plain (no buckets, eager), and
 #                       the from-decoded-frames phase: 720p uint8 frames staged through
@@ -15,7 +17,8 @@
 # its own limit, and steps that would get too little are skipped (said in $OUT/skipped.txt).
 set -uo pipefail
 OUT=${OUT:-/tmp/labelcast-gpu-out}
-mkdir -p "$OUT"
+RESULTS=/tmp/labelcast-gpu-results
+mkdir -p "$OUT" "$RESULTS"
 deadline=$((SECONDS + 465))
 # left LIMIT: seconds a step may take, at most LIMIT, leaving 15 s for the end.
 left() { local rest=$((deadline - SECONDS - 15)); echo $((rest < $1 ? rest : $1)); }
@@ -42,8 +45,10 @@ bench() {
     return
   fi
   timeout "$limit" python3 bench/bench.py --device cuda --workdir /tmp/bench-work \
-    --json "$OUT/bench-$name.json" "$@" > "$OUT/bench-$name.txt" 2>&1
+    --json "$RESULTS/bench-$name.json" "$@" > "$RESULTS/bench-$name.txt" 2>&1
   echo "bench-$name: exit $? after $((SECONDS - t0)) s" >> "$OUT/gpu.txt"
+  { echo "=== bench-$name: bench/bench.py $*"; cat "$RESULTS/bench-$name.txt"; echo; } >> "$OUT/bench.txt"
+  tar -czf "$OUT/results.tgz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
 }
 b256=(--precision fp16 --batch 256 --streams 8 --seconds 20 --fps 10 --skip-naive)
 buckets=(--buckets 64,256)
@@ -59,4 +64,4 @@ if python3 -c "import onnx, onnxscript, onnxruntime as o; assert 'CUDAExecutionP
 else
   echo "bench-ort-cuda: skipped, no onnxruntime-gpu (with onnx, onnxscript) here" | tee -a "$OUT/skipped.txt"
 fi
-tail -n 20 "$OUT"/bench-*.txt
+tail -n 20 "$RESULTS"/bench-*.txt

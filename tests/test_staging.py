@@ -208,3 +208,32 @@ def test_cuda_staging_of_many_mixed_batches_gives_the_cpu_preprocessing(tiny_mod
     # and the staged input is the CPU's preprocessing, to the last uint8 level
     staged = gpu.preprocess(batches[3]).cpu()
     assert torch.allclose(staged, cpu.preprocess(batches[3]), atol=1.01 / 255 / 0.5)
+
+
+@pytest.mark.gpu
+def test_a_pipeline_on_cuda_overlaps_batches_and_labels_frames_as_the_cpu_does(
+    tiny_model: Path, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    # given two file streams, classified in fp32 on the CPU and on CUDA
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    path = _config(tmp_path, tiny_model, clips)
+    runs: dict[str, list[LabelEvent]] = {}
+    for device in ("cpu", "cuda"):
+        config = load_config(path, [f"model.device={device}", "model.precision=fp32"])
+        classifier = Classifier.load(config.model)
+        assert classifier.overlaps is (device == "cuda")
+        runs[device] = []
+        Pipeline(config, on_event=runs[device].append, classifier=classifier).run()
+
+    # then CUDA, with a batch in flight while the next is staged, gives every event the
+    # CPU gives, in order, with the same top label and nearly the same score
+    cpu, cuda = runs["cpu"], runs["cuda"]
+    assert len(cuda) == len(cpu) == 100 + 20
+    for stream in ("door", "lobby"):
+        ours = [e for e in cuda if e.stream == stream]
+        theirs = [e for e in cpu if e.stream == stream]
+        assert [e.seq for e in ours] == list(range(1, len(ours) + 1))
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.labels[0].label == b.labels[0].label
+            assert abs(a.labels[0].score - b.labels[0].score) < 1e-3
