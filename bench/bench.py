@@ -701,11 +701,15 @@ def phase_naive(settings: dict[str, Any]) -> dict[str, Any]:
     kind = processor_config.get("image_processor_type") or processor_config.get(
         "feature_extractor_type", ""
     )
+    processor: Any = None
     if kind.startswith("Beit"):
-        from transformers import BeitImageProcessorPil
-
-        processor = BeitImageProcessorPil.from_pretrained(model_dir)
-    else:
+        try:
+            from transformers import BeitImageProcessorPil
+        except ImportError:  # a transformers without the PIL classes: its default processor
+            pass
+        else:
+            processor = BeitImageProcessorPil.from_pretrained(model_dir)
+    if processor is None:
         processor = AutoImageProcessor.from_pretrained(model_dir)
     load_s = time.perf_counter() - started
 
@@ -1343,7 +1347,7 @@ def report(r: dict[str, Any]) -> str:
     ]
     if naive is not None:
         lines.append(
-            f"{'(c) naive cv2 + BeitImageProcessorPil, ' + naive['precision']:44}"
+            f"{'(c) naive cv2 + ' + naive['processor'] + ', ' + naive['precision']:44}"
             f"{naive['frames_per_s']:10.2f}{naive['peak_rss_mb']:9.0f} MB{_others(naive):>15}"
         )
     else:

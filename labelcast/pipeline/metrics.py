@@ -35,7 +35,8 @@ class PipelineMetrics:
         )
         self.model_seconds = Histogram(
             "labelcast_model_seconds",
-            "Time to classify one batch (preprocess, forward, softmax).",
+            "Time to classify one batch (preprocess, forward, softmax); on CUDA, from "
+            "submission to result, including waiting behind the batch before it.",
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
