@@ -431,6 +431,13 @@ def sample_slot(index: int, video_fps: float, sample_fps: float) -> int:
 # --------------------------------------------------------------------------- phases
 
 
+def keep_timing(settings: dict[str, Any], done: int, began: float) -> bool:
+    """Whether a timed loop goes on: at least min_iters, then until min_seconds or max_iters."""
+    return done < settings["min_iters"] or (
+        time.perf_counter() - began < settings["min_seconds"] and done < settings["max_iters"]
+    )
+
+
 def phase_bare(settings: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -454,9 +461,7 @@ def phase_bare(settings: dict[str, Any]) -> dict[str, Any]:
     sync()
     times: list[float] = []
     began = time.perf_counter()
-    while len(times) < settings["min_iters"] or (
-        time.perf_counter() - began < settings["min_seconds"] and len(times) < settings["max_iters"]
-    ):
+    while keep_timing(settings, len(times), began):
         started = time.perf_counter()
         logits = classifier.forward(pixels)
         sync()
@@ -500,14 +505,9 @@ def phase_frames(settings: dict[str, Any]) -> dict[str, Any]:
     for _ in range(settings["warmup"]):
         classifier.classify(frames)
 
-    def keep_going(done: int, began: float) -> bool:
-        return done < settings["min_iters"] or (
-            time.perf_counter() - began < settings["min_seconds"] and done < settings["max_iters"]
-        )
-
     serial = 0
     began = time.perf_counter()
-    while keep_going(serial, began):
+    while keep_timing(settings, serial, began):
         probs = classifier.classify(frames)
         serial += 1
     serial_s = time.perf_counter() - began
@@ -515,7 +515,7 @@ def phase_frames(settings: dict[str, Any]) -> dict[str, Any]:
     overlapped = 0
     began = time.perf_counter()
     in_flight = None
-    while keep_going(overlapped, began):
+    while keep_timing(settings, overlapped, began):
         submitted = classifier.submit(frames)
         if in_flight is not None:
             probs = in_flight.result()
