@@ -1,20 +1,45 @@
-"""The local HTTP endpoint: ``/healthz``, ``/readyz``, ``/metrics`` and ``POST /reload``."""
+"""The local HTTP endpoint: ``/healthz``, ``/readyz``, ``/metrics`` and ``POST /reload``.
+
+``POST /reload`` changes what the daemon does, so it is guarded against other web
+pages open in the operator's browser (CSRF) and against DNS rebinding: it needs the
+``X-Labelcast-Reload`` header (a page cannot send a custom header to another origin
+without a CORS preflight, which this server never grants), is refused when the
+browser says the request is cross-site (``Origin``, ``Sec-Fetch-Site``) or names a
+host that is not this server's, and needs ``Authorization: Bearer <server.token>``
+when a token is set.
+"""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from labelcast.errors import ConfigError
+from labelcast.util.http import (
+    BindAddress,
+    BoundedHTTPServer,
+    BoundedRequestHandler,
+    format_bind,
+    is_loopback,
+    parse_bind,
+)
 
 log = logging.getLogger(__name__)
+
+# The header ``POST /reload`` needs (any non-empty value); ``labelcast reload`` sends it.
+RELOAD_HEADER = "X-Labelcast-Reload"
+# Browsers send these ``Sec-Fetch-Site`` values for requests not started by another site.
+_SAME_SITE = ("same-origin", "none")
 
 
 class ServerConfig(BaseModel):
@@ -23,13 +48,19 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bind: Annotated[
-        str,
+        BindAddress,
         Field(
-            pattern=r"^[^:\s]+:\d{1,5}$",
-            description="host:port to listen on; keep it on 127.0.0.1 unless a firewall "
-            "or proxy protects it (reload is unauthenticated).",
+            description="host:port to listen on ([::1]:9090 for IPv6; port 0 picks a free "
+            "one); keep it on 127.0.0.1 unless a firewall or proxy protects it.",
         ),
     ] = "127.0.0.1:9090"
+    token: Annotated[
+        SecretStr | None,
+        Field(
+            description="If set, POST /reload also needs 'Authorization: Bearer <token>' "
+            "(labelcast reload sends it); write it as ${ENV_VAR}, never inline.",
+        ),
+    ] = None
 
 
 @dataclass(frozen=True)
@@ -42,17 +73,41 @@ class Endpoints:
     reload: Callable[[], tuple[bool, dict[str, Any]]]
 
 
+def reload_request(config: ServerConfig) -> urllib.request.Request:
+    """Build the ``POST /reload`` request ``labelcast reload`` sends to ``config``'s server."""
+    host, port = parse_bind(config.bind, "server.bind")
+    # A server listening on every address is reached on loopback.
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    headers = {RELOAD_HEADER: "1"}
+    if config.token is not None:
+        headers["Authorization"] = f"Bearer {config.token.get_secret_value()}"
+    url = f"http://{format_bind(host, port)}/reload"
+    return urllib.request.Request(url, method="POST", headers=headers)
+
+
 class OpsServer:
     """Serves the endpoints on a thread of its own until ``close()``."""
 
     def __init__(self, config: ServerConfig, endpoints: Endpoints) -> None:
-        host, port = config.bind.rsplit(":", 1)
-        handler = _handler_for(endpoints)
         try:
-            self._server = ThreadingHTTPServer((host, int(port)), handler)
+            host, port = parse_bind(config.bind, "server.bind")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        token = config.token.get_secret_value() if config.token is not None else None
+        handler = _handler_for(endpoints, _ReloadGuard(host, token))
+        try:
+            self._server = BoundedHTTPServer((host, port), handler, thread_name="http-client")
         except OSError as exc:
             raise ConfigError(f"server.bind: cannot listen on {config.bind} ({exc})") from exc
-        self._server.daemon_threads = True
+        if token is None and not is_loopback(host):
+            log.warning(
+                "server.bind %s is not loopback and server.token is not set: whoever reaches "
+                "it can reload the pipeline",
+                config.bind,
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -69,7 +124,7 @@ class OpsServer:
     def start(self) -> None:
         """Start serving."""
         self._thread.start()
-        log.info("operations endpoint on http://%s:%d", *self.address)
+        log.info("operations endpoint on http://%s", format_bind(*self.address))
 
     def close(self) -> None:
         """Stop serving and release the port."""
@@ -78,8 +133,49 @@ class OpsServer:
         self._thread.join()
 
 
-def _handler_for(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+@dataclass(frozen=True)
+class _ReloadGuard:
+    """Decides whether a ``POST /reload`` may go ahead."""
+
+    bind_host: str
+    token: str | None
+
+    def refusal(self, headers: Any) -> tuple[int, str] | None:
+        """(status, why) when the request must be refused, None when it may go ahead."""
+        fetch_site = headers.get("Sec-Fetch-Site")
+        if fetch_site is not None and fetch_site.lower() not in _SAME_SITE:
+            return 403, f"cross-site request refused (Sec-Fetch-Site: {fetch_site})"
+        host_header = headers.get("Host", "")
+        origin = headers.get("Origin")
+        if origin is not None and urllib.parse.urlsplit(origin).netloc != host_header:
+            return 403, "cross-origin request refused (Origin does not match Host)"
+        if host_header and not self._known_host(host_header):
+            # A page whose name was rebound to this machine's address sends its own name.
+            return 403, "request refused: Host is not an address of this server"
+        if not headers.get(RELOAD_HEADER):
+            return 403, f"POST /reload needs the header {RELOAD_HEADER}: 1"
+        if self.token is not None:
+            scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+            # compare_digest: the time taken must not tell how much of a guess was right.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credentials.strip().encode(), self.token.encode()
+            ):
+                return 401, "POST /reload needs 'Authorization: Bearer <server.token>'"
+        return None
+
+    def _known_host(self, host_header: str) -> bool:
+        host = urllib.parse.urlsplit(f"//{host_header}").hostname or ""
+        if host == self.bind_host.lower() or host == "localhost":
+            return True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
+
+
+def _handler_for(endpoints: Endpoints, guard: _ReloadGuard) -> type[BoundedRequestHandler]:
+    class Handler(BoundedRequestHandler):
         server_version = "labelcast"
 
         def do_GET(self) -> None:
@@ -94,10 +190,16 @@ def _handler_for(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
                 self._json(False, {"error": f"no such endpoint: {self.path}"}, status=404)
 
         def do_POST(self) -> None:
-            if self.path == "/reload":
-                self._json(*endpoints.reload())
-            else:
+            if self.path != "/reload":
                 self._json(False, {"error": f"no such endpoint: {self.path}"}, status=404)
+                return
+            refusal = guard.refusal(self.headers)
+            if refusal is not None:
+                status, why = refusal
+                log.warning("refused POST /reload from %s: %s", self.client_address[0], why)
+                self._json(False, {"error": why}, status=status)
+                return
+            self._json(*endpoints.reload())
 
         def _json(self, ok: bool, details: dict[str, Any], status: int | None = None) -> None:
             body = json.dumps({"ok": ok, **details}).encode()
@@ -107,6 +209,7 @@ def _handler_for(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.wfile.write(body)
 

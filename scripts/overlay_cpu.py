@@ -7,7 +7,9 @@ prints the sink's process CPU seconds per frame written (best of 3):
 
 - ``draw``: the banner only (``draw_overlay``), per frame;
 - ``sampled``: ``mode: sampled``, 2 of 30 frames a second written (draw + encode);
-- ``all-frames``: every frame written (colour conversion + draw + encode).
+- ``all-frames``: every frame written (colour conversion + draw + encode);
+- ``preview JPEG``: one JPEG of a picture as the live preview encodes it (quality 80), done
+  at most ``max_fps`` times a second per watched stream, whatever the number of viewers.
 
 Run from the repository root: ``.venv/bin/python scripts/overlay_cpu.py [--preset P]``.
 """
@@ -15,6 +17,7 @@ Run from the repository root: ``.venv/bin/python scripts/overlay_cpu.py [--prese
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import av
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from media import make_clip
@@ -70,6 +74,11 @@ def main() -> None:
                 draw_overlay(frame.image, label_event(1, frame.pts))
             return 60
 
+        def jpeg() -> int:
+            for frame in frames[:60]:
+                Image.fromarray(frame.image).save(io.BytesIO(), format="JPEG", quality=80)
+            return 60
+
         def feed(mode: str) -> Callable[[], int]:
             def run() -> int:
                 output = str(folder / mode / "{stream}" / "{date}.mp4")
@@ -92,6 +101,7 @@ def main() -> None:
 
         print(f"1280x720, x264 preset {args.preset}; CPU ms per frame written (best of 3)")
         print(f"  draw only:   {best_cpu(draw) * 1000:6.1f}")
+        print(f"  preview JPEG:{best_cpu(jpeg) * 1000:6.1f}  (quality 80)")
         print(f"  sampled:     {best_cpu(feed('sampled')) * 1000:6.1f}  (draw + encode)")
         print(
             f"  all-frames:  {best_cpu(feed('all-frames')) * 1000:6.1f}  (convert + draw + encode)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import json
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import free_port, read_events, signal_mid_run, write_config
+from helpers import free_port, needs, read_events, run_cli, signal_mid_run, write_config
 from rtsp_server import missing_requirements
 
 from labelcast import Pipeline, load_config
@@ -33,9 +34,9 @@ from labelcast.pipeline.frames import (
 from labelcast.sinks.overlay import OverlaySink, OverlaySinkConfig, describe_change, draw_overlay
 
 CHROMIUM = "/usr/bin/chromium"
-_RTSP_MISSING = missing_requirements()
-needs_rtsp = pytest.mark.skipif(
-    _RTSP_MISSING is not None, reason=f"RTSP test server unavailable: {_RTSP_MISSING}"
+needs_rtsp = needs("gstreamer-rtsp", missing_requirements())
+needs_chromium = needs(
+    "chromium", None if Path(CHROMIUM).exists() else f"{CHROMIUM} not found (Debian's chromium)"
 )
 
 
@@ -391,12 +392,14 @@ def test_all_frames_with_a_live_stream_writes_what_it_decodes_also_after_a_reloa
 
 
 class Feeder:
-    """Feeds an overlay sink the frames of a clip at ~10 fps on a thread, until stopped."""
+    """Feeds an overlay sink the frames of a clip at ~``fps`` on a thread, until stopped."""
 
-    def __init__(self, sink: OverlaySink, clip: Path, streams: tuple[str, ...]) -> None:
+    def __init__(
+        self, sink: OverlaySink, clip: Path, streams: tuple[str, ...], fps: float = 10
+    ) -> None:
         with av.open(str(clip)) as container:
             self.images = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][::10]
-        self.sink, self.streams = sink, streams
+        self.sink, self.streams, self.interval = sink, streams, 1 / fps
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="test-feeder", daemon=True)
         self.thread.start()
@@ -411,7 +414,7 @@ class Feeder:
                 self.sink.send(
                     event(stream, seq, pts, "tabby, tabby cat"), Frame(stream, seq, pts, 0.0, image)
                 )
-            time.sleep(0.1)
+            time.sleep(self.interval)
 
     def close(self) -> None:
         self.stop.set()
@@ -434,6 +437,27 @@ def read_parts(url: str, count: int, auth: str | None = None) -> list[bytes]:
                 response.readline()  # blank line
                 parts.append(response.read(length))
     return parts
+
+
+def count_parts(url: str, seconds: float, counts: list[int]) -> None:
+    """Watch an MJPEG stream for ``seconds``; append the number of JPEG parts received."""
+    parts = 0
+    deadline = time.monotonic() + seconds
+    with urllib.request.urlopen(url, timeout=10) as response:
+        while time.monotonic() < deadline:
+            line = response.readline()
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+                response.readline()  # blank line
+                if response.read(length).startswith(b"\xff\xd8"):
+                    parts += 1
+    counts.append(parts)
+
+
+def streams_summary(url: str) -> dict[str, dict]:
+    """The preview's /api/streams, by stream id."""
+    with urllib.request.urlopen(url + "api/streams", timeout=5) as response:
+        return {entry["stream"]: entry for entry in json.load(response)}
 
 
 def basic(user: str, password: str) -> str:
@@ -476,7 +500,7 @@ def preview(clips, tmp_path):
     feeder.close()
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+@needs_chromium
 def test_preview_page_in_headless_chromium_lists_streams_with_a_changing_picture(preview, tmp_path):
     # Given a preview fed two streams; when headless Chromium loads the index page
     dom = chromium(preview, tmp_path, "--dump-dom", "--virtual-time-budget=2000")
@@ -491,6 +515,109 @@ def test_preview_page_in_headless_chromium_lists_streams_with_a_changing_picture
     # And each stream's MJPEG view serves non-empty JPEGs that change
     first, second = read_parts(preview + "stream/door.mjpg", 2)
     assert first.startswith(b"\xff\xd8") and len(first) > 1000 and first != second
+
+
+def test_many_viewers_share_one_jpeg_per_picture_at_a_capped_frame_rate(clips):
+    # Given a preview with default settings, fed 20 pictures a second
+    port = free_port()
+    sink = OverlaySink(OverlaySinkConfig(preview={"bind": f"127.0.0.1:{port}"}))
+    feeder = Feeder(sink, clips["long"], ("door",), fps=20)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 10
+        while streams_summary(url).get("door", {}).get("frames", 0) < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = streams_summary(url)["door"]
+        # When 8 viewers (the default max_clients) watch the stream for 3 s
+        counts: list[int] = []
+        started = time.monotonic()
+        viewers = [
+            threading.Thread(target=count_parts, args=(url + "stream/door.mjpg", 3.0, counts))
+            for _ in range(8)
+        ]
+        for viewer in viewers:
+            viewer.start()
+        for viewer in viewers:
+            viewer.join(30)
+        elapsed = time.monotonic() - started
+        after = streams_summary(url)["door"]
+    finally:
+        feeder.close()
+    # Then each viewer got pictures, but at most max_fps (default 5) a second
+    cap = 5 * elapsed + 2
+    assert len(counts) == 8 and all(3 <= n <= cap for n in counts), (counts, elapsed)
+    # And nothing was encoded while nobody watched; then each picture was encoded once
+    # for all viewers, at most max_fps times a second, fewer than the pictures published
+    published = after["frames"] - before["frames"]
+    encoded = after["jpeg_encodes"] - before["jpeg_encodes"]
+    assert before["jpeg_encodes"] == 0
+    assert max(counts) <= encoded <= min(cap, published), (counts, encoded, published)
+
+
+def next_part(response) -> bytes:
+    """Read the next JPEG part of an open MJPEG response."""
+    while True:
+        line = response.readline()
+        assert line, "the stream ended"
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+            response.readline()  # blank line
+            return response.read(length)
+
+
+def test_a_picture_that_comes_within_the_frame_rate_cap_is_shown_when_the_cap_ends():
+    # Given a preview capped at one picture per 2 s, and a viewer that got the first picture
+    port = free_port()
+    sink = OverlaySink(OverlaySinkConfig(preview={"bind": f"127.0.0.1:{port}", "max_fps": 0.5}))
+    dark, light = np.full((48, 64, 3), 20, np.uint8), np.full((48, 64, 3), 230, np.uint8)
+    try:
+        sink.send(event("door", 1, 0.0, "cup"), Frame("door", 1, 0.0, 0.0, dark))
+        url = f"http://127.0.0.1:{port}/stream/door.mjpg"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            first = next_part(response)
+            # When the stream's last picture comes at once, within the cap, and no other
+            sink.send(event("door", 2, 0.1, "cup"), Frame("door", 2, 0.1, 0.0, light))
+            # Then the viewer gets it once the cap lets the preview encode it
+            second = next_part(response)
+    finally:
+        sink.close()
+    assert first.startswith(b"\xff\xd8") and second.startswith(b"\xff\xd8")
+    assert second != first
+
+
+def test_preview_bind_takes_ipv6_and_refuses_a_port_out_of_range(tmp_path):
+    # Given a preview on the IPv6 loopback
+    port = free_port()
+    config = OverlaySinkConfig(preview={"bind": f"[::1]:{port}"})
+    sink = OverlaySink(config)
+    try:
+        sink.send(
+            event("door", 1, 0.0, "cup"),
+            Frame("door", 1, 0.0, 0.0, np.zeros((48, 64, 3), np.uint8)),
+        )
+        # When a client asks it for the stream list, then it answers
+        assert sink.preview_address is not None and sink.preview_address[0] == "::1"
+        port = sink.preview_address[1]
+        with urllib.request.urlopen(f"http://[::1]:{port}/api/streams", timeout=5) as response:
+            assert json.load(response)[0]["stream"] == "door"
+        # And serves the stream's latest picture
+        with urllib.request.urlopen(f"http://[::1]:{port}/stream/door.jpg", timeout=5) as response:
+            assert response.read().startswith(b"\xff\xd8")
+    finally:
+        sink.close()
+    # And a port past 65535 is a config error naming the field (exit 2), not a traceback
+    path = write_config(
+        tmp_path,
+        {
+            "sources": [{"id": "door", "type": "file", "path": "x.mp4"}],
+            "sinks": [{"type": "overlay", "preview": {"bind": "127.0.0.1:70000"}}],
+        },
+    )
+    result = run_cli("check", str(path), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "preview.bind" in result.stderr and "65535" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_preview_basic_auth_refuses_a_wrong_password(clips, tmp_path, monkeypatch):
@@ -535,7 +662,7 @@ def test_preview_basic_auth_refuses_a_wrong_password(clips, tmp_path, monkeypatc
 
 def test_a_viewer_that_never_reads_does_not_slow_the_pipeline(tiny_model, clips, tmp_path):
     # Given a pipeline whose overlay preview is lossless (a blocking sink would stall it)
-    def run(stalled: bool) -> tuple[float, int]:
+    def run(stalled: bool) -> tuple[float, bytes]:
         port = free_port()
         config = {
             "name": "ov",
@@ -552,9 +679,12 @@ def test_a_viewer_that_never_reads_does_not_slow_the_pipeline(tiny_model, clips,
         started = time.monotonic()
         pipeline.start()
         if stalled:
-            # When a viewer opens the MJPEG stream and never reads (tiny receive buffer)
+            # When a viewer opens the MJPEG stream and never reads (tiny receive buffer),
+            # once the preview has the stream's first picture (the sink gets it on a thread
+            # of its own, after classification)
             deadline = time.monotonic() + 30
-            while pipeline.stats["door"].classified < 1:
+            url = f"http://127.0.0.1:{port}/"
+            while streams_summary(url).get("door", {}).get("frames", 0) < 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             viewer = socket.socket()
@@ -574,15 +704,16 @@ def test_a_viewer_that_never_reads_does_not_slow_the_pipeline(tiny_model, clips,
             viewer.close()
         classified = pipeline.stats["door"].classified
         assert classified == 300 and sinks[0].counters.dropped == 0
-        return classified / elapsed, received.count(b"--labelcastframe")
+        return classified / elapsed, received
 
     baseline, _ = run(stalled=False)
-    with_viewer, parts = run(stalled=True)
+    with_viewer, received = run(stalled=True)
+    parts = received.count(b"--labelcastframe")
     # Then the pipeline's rate is about the same (a blocked lossless sink would stall it for
     # the viewer's whole client_timeout_s; the margin absorbs a shared machine's noise), and
     # the viewer was left behind (it got only the pictures that fit its socket)
     assert with_viewer > 0.4 * baseline, (baseline, with_viewer)
-    assert 1 <= parts < 300
+    assert 1 <= parts < 300, received[:300]
 
 
 def test_overlay_config_needs_an_output_and_rejects_unknown_keys():

@@ -14,22 +14,20 @@ waits, bounded by ``max_buffered_frames``, until that event has been written.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import html
 import io
 import json
 import logging
+import math
 import os
 import socket
 import threading
+import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,6 +46,15 @@ from labelcast.pipeline.frames import (
     StreamStatus,
     UnsampledFrame,
     format_timestamp,
+)
+from labelcast.util.http import (
+    BindAddress,
+    BoundedHTTPServer,
+    BoundedRequestHandler,
+    check_basic_auth,
+    format_bind,
+    is_loopback,
+    parse_bind,
 )
 
 log = logging.getLogger(__name__)
@@ -79,11 +86,11 @@ class PreviewConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bind: Annotated[
-        str,
+        BindAddress,
         Field(
-            pattern=r"^[^:\s]+:\d{1,5}$",
-            description="host:port to listen on; keep 127.0.0.1 unless a password is set "
-            "and the network is trusted (the preview shows the cameras' pictures).",
+            description="host:port (or [ipv6]:port) to listen on; keep 127.0.0.1 unless a "
+            "password is set and the network is trusted (the preview shows the cameras' "
+            "pictures).",
         ),
     ] = "127.0.0.1:8090"
     username: Annotated[
@@ -103,6 +110,15 @@ class PreviewConfig(BaseModel):
         int,
         Field(ge=1, le=256, description="Viewers served at once; more get 503."),
     ] = 8
+    max_fps: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=30,
+            description="Most pictures per second and stream the preview encodes and sends "
+            "(each encoded once, whatever the number of viewers).",
+        ),
+    ] = 5.0
     client_timeout_s: Annotated[
         float,
         Field(gt=0, description="A viewer that reads nothing for this long is disconnected."),
@@ -346,15 +362,29 @@ class _Recording:
 
 # --- preview -------------------------------------------------------------------------------
 
+# How long a stream stays "watched" after a viewer last asked for its pictures (s): viewers
+# ask again at least every second while they wait, so this outlives every wait.
+_WANTED_S = 2.0
+
+
+@dataclass(frozen=True)
+class _Jpeg:
+    """One encoded picture of a stream: the same bytes go to every viewer."""
+
+    version: int
+    data: bytes
+
 
 @dataclass
 class _StreamView:
-    """What the preview knows of one stream: the latest picture and its labels."""
+    """What the preview knows of one stream: the latest picture, its JPEG and its labels."""
 
     image: npt.NDArray[np.uint8] | None = None
     version: int = 0
-    jpeg: bytes | None = None
-    jpeg_version: int = -1
+    jpeg: _Jpeg | None = None
+    jpeg_encodes: int = 0
+    wanted_until: float = 0.0  # monotonic time; viewers keep pushing it forward
+    next_encode_at: float = 0.0  # monotonic time; the frame-rate cap
     label: str | None = None
     score: float | None = None
     state: str | None = None
@@ -364,40 +394,53 @@ class _StreamView:
 class _Preview:
     """Latest annotated picture per stream, served as an index page and MJPEG views.
 
-    The sink thread only swaps in the newest picture (a reference); JPEG encoding is done
-    lazily, once per picture, by the first viewer that wants it. Viewers wait on a
-    condition for a newer version, so nothing is queued per viewer.
+    The sink thread only swaps in the newest picture (a reference). One encoder thread
+    JPEG-encodes the pictures of the streams someone watches, at most ``max_fps`` a
+    second per stream, and every viewer sends the same bytes: the preview's cost is
+    bounded by the streams watched, not by the viewers, and is nil while nobody watches.
+    Viewers wait on a condition for a newer JPEG, so nothing is queued per viewer.
     """
 
     def __init__(self, config: PreviewConfig) -> None:
         self.config = config
         self._views: dict[str, _StreamView] = {}
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._new_image = threading.Condition(self._lock)  # wakes the encoder
+        self._new_jpeg = threading.Condition(self._lock)  # wakes the viewers
         self._closed = False
+        self._interval = 1.0 / config.max_fps
         self._slots = threading.BoundedSemaphore(config.max_clients)
-        host, port = config.bind.rsplit(":", 1)
-        handler = _handler_for(self)
+        host, port = parse_bind(config.bind, "preview.bind")
         try:
-            self._server = _NamedThreadingHTTPServer((host, int(port)), handler)
+            self._server = BoundedHTTPServer(
+                (host, port),
+                _handler_for(self),
+                thread_name="overlay-preview-client",
+                # A viewer that stops reading is dropped after this long.
+                request_timeout_s=config.client_timeout_s,
+            )
         except OSError as exc:
             raise SinkError(
                 f"overlay sink: preview cannot listen on {config.bind} ({exc})"
             ) from exc
-        self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},
             name="overlay-preview",
             daemon=True,
         )
+        self._encoder = threading.Thread(
+            target=self._encode_loop, name="overlay-preview-jpeg", daemon=True
+        )
         self._thread.start()
-        if config.password is None and host not in ("127.0.0.1", "localhost", "::1"):
+        self._encoder.start()
+        if config.password is None and not is_loopback(host):
             log.warning(
                 "overlay preview listens on %s without a password: anyone who reaches it "
                 "sees the cameras",
                 config.bind,
             )
-        log.info("overlay preview on http://%s:%d/", *self.address)
+        log.info("overlay preview on http://%s/", format_bind(*self.address))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -407,28 +450,37 @@ class _Preview:
 
     def update(self, stream: str, image: npt.NDArray[np.uint8], event: LabelEvent) -> None:
         """Make ``image`` the stream's latest picture (the older one is forgotten)."""
-        with self._changed:
+        with self._lock:
             view = self._views.setdefault(stream, _StreamView())
+            # Whether the encoder already knows of a picture it has yet to encode (it then
+            # sleeps until the frame-rate cap lets it, and needs no waking).
+            pending = view.image is not None and (
+                view.jpeg is None or view.jpeg.version < view.version
+            )
             view.image = image
             view.version += 1
             top = event.labels[0] if event.labels else None
             view.label = None if top is None else top.label
             view.score = None if top is None else top.score
-            self._changed.notify_all()
+            now = time.monotonic()
+            # Waking the encoder for every picture (a hundred a second) would take the
+            # GIL from the classifier as often: wake it only when it has a use for it.
+            if view.wanted_until > now and (not pending or view.next_encode_at <= now):
+                self._new_image.notify()
 
     def set_state(self, stream: str, state: LabelState) -> None:
         """Remember a stream's smoothed label."""
-        with self._changed:
+        with self._lock:
             self._views.setdefault(stream, _StreamView()).state = state.label
 
     def set_status(self, status: StreamStatus) -> None:
         """Remember a stream's source state."""
-        with self._changed:
+        with self._lock:
             self._views.setdefault(status.stream, _StreamView()).status = status.state
 
     def summary(self) -> list[dict[str, Any]]:
-        """Each stream's id, current top label and score, smoothed state and source state."""
-        with self._changed:
+        """Each stream's id, top label and score, smoothed and source state, and counts."""
+        with self._lock:
             return [
                 {
                     "stream": stream,
@@ -437,51 +489,101 @@ class _Preview:
                     "state": view.state,
                     "status": view.status,
                     "frames": view.version,
+                    "jpeg_encodes": view.jpeg_encodes,
                 }
                 for stream, view in sorted(self._views.items())
             ]
 
-    def jpeg(self, stream: str, newer_than: int, timeout: float) -> tuple[int, bytes] | None:
-        """Wait up to ``timeout`` for a picture newer than ``newer_than``; return it as JPEG.
-
-        Returns None if the stream is unknown or the preview is closing; the same version
-        again if nothing newer came in time (the caller may resend it as a keep-alive).
-        """
-        with self._changed:
+    def has_picture(self, stream: str) -> bool:
+        """Whether the stream is known and has a picture to show."""
+        with self._lock:
             view = self._views.get(stream)
-            if view is None or self._closed:
+            return view is not None and view.image is not None
+
+    def next_jpeg(self, stream: str, newer_than: int, timeout: float) -> _Jpeg | None:
+        """Wait up to ``timeout`` s for the stream's JPEG of a picture newer than ``newer_than``.
+
+        Returns None if none came in time, the stream is unknown or the preview is
+        closing. Asking marks the stream watched, so that its pictures get encoded.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            view = self._views.get(stream)
+            while view is not None and not self._closed:
+                jpeg = view.jpeg
+                if jpeg is not None and jpeg.version > newer_than:
+                    return jpeg
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if view.wanted_until <= now:
+                    self._new_image.notify()  # not watched until now: wake the encoder
+                view.wanted_until = now + _WANTED_S
+                self._new_jpeg.wait(deadline - now)
+        return None
+
+    def latest_jpeg(self, stream: str, timeout: float) -> _Jpeg | None:
+        """Return the JPEG of the stream's latest picture, waiting up to ``timeout`` s for it.
+
+        Falls back to the newest JPEG there is; None for an unknown stream.
+        """
+        with self._lock:
+            view = self._views.get(stream)
+            if view is None or view.image is None:
                 return None
-            self._changed.wait_for(
-                lambda: self._closed or (view.image is not None and view.version > newer_than),
-                timeout,
-            )
-            if self._closed or view.image is None:
-                return None
-            version, image = view.version, view.image
-            if view.jpeg_version == version and view.jpeg is not None:
-                return version, view.jpeg
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=self.config.jpeg_quality)
-        data = buffer.getvalue()
-        with self._changed:
-            if view.jpeg_version < version:
-                view.jpeg, view.jpeg_version = data, version
-        return version, data
+            version = view.version
+        found = self.next_jpeg(stream, version - 1, timeout)
+        with self._lock:
+            return found or view.jpeg
+
+    def _next_job(self) -> tuple[_StreamView | None, float | None]:
+        """Return the watched stream to encode now, or None and how long until one may be.
+
+        The wait is None when no picture waits at all (until a new picture or viewer).
+        """
+        now = time.monotonic()
+        chosen: _StreamView | None = None
+        wait: float | None = None
+        for view in self._views.values():
+            current = view.jpeg is not None and view.jpeg.version >= view.version
+            if view.image is None or view.wanted_until <= now or current:
+                continue
+            if view.next_encode_at > now:
+                wait = min(wait or math.inf, view.next_encode_at - now)
+            elif chosen is None or view.next_encode_at < chosen.next_encode_at:
+                chosen = view  # the one waiting longest goes first
+        return chosen, wait
+
+    def _encode_loop(self) -> None:
+        """Encode the watched streams' new pictures, each at most ``max_fps`` a second."""
+        while True:
+            with self._lock:
+                view, wait = self._next_job()
+                while view is None and not self._closed:
+                    self._new_image.wait(wait)
+                    view, wait = self._next_job()
+                if view is None or self._closed:
+                    return
+                view.next_encode_at = time.monotonic() + self._interval
+                version, image = view.version, view.image
+            assert image is not None
+            buffer = io.BytesIO()
+            try:
+                Image.fromarray(image).save(buffer, format="JPEG", quality=self.config.jpeg_quality)
+            except (OSError, ValueError) as exc:
+                log.warning("overlay preview: cannot encode a picture (%s)", exc)
+                continue  # the next picture tries again
+            with self._lock:
+                view.jpeg = _Jpeg(version, buffer.getvalue())
+                view.jpeg_encodes += 1
+                self._new_jpeg.notify_all()
 
     def authorised(self, header: str | None) -> bool:
         """Whether a request's Authorization header passes (always, without a password)."""
         password = self.config.password
         if password is None:
             return True
-        if header is None or not header.startswith("Basic "):
-            return False
-        try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        user, _, given = decoded.partition(":")
-        expected = f"{self.config.username}:{password.get_secret_value()}"
-        return hmac.compare_digest(f"{user}:{given}".encode(), expected.encode())
+        return check_basic_auth(header, self.config.username, password.get_secret_value())
 
     def acquire_slot(self) -> bool:
         """Take a viewer slot; False when ``max_clients`` viewers are already served."""
@@ -497,30 +599,37 @@ class _Preview:
         return self._closed
 
     def close(self) -> None:
-        """Wake every viewer, stop serving and release the port."""
-        with self._changed:
+        """Wake every viewer and the encoder, stop serving and release the port."""
+        with self._lock:
             self._closed = True
-            self._changed.notify_all()
+            self._new_jpeg.notify_all()
+            self._new_image.notify_all()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
-
-
-class _NamedThreadingHTTPServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer whose request threads are named ``overlay-preview-client``."""
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self.process_request_thread,
-            args=(request, client_address),
-            name="overlay-preview-client",
-            daemon=True,
-        )
-        thread.start()
+        self._encoder.join()
 
 
 _BOUNDARY = "labelcastframe"
 _SEND_BUFFER = 512 * 1024
+
+
+def _send_parts(connection: socket.socket, parts: tuple[bytes, ...]) -> None:
+    """Send ``parts`` in as few system calls as the socket allows, copying none of them.
+
+    Every viewer is sent the very bytes the encoder made: joining them to the part's
+    head would copy each picture once per viewer (and leave that memory in the viewers'
+    threads' malloc arenas), and each extra write gives up the GIL and takes it back,
+    which slows the classifier's thread.
+    """
+    views = [memoryview(part) for part in parts]
+    while views:
+        sent = connection.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if views and sent:
+            views[0] = views[0][sent:]
+
 
 _INDEX = """<!doctype html>
 <html><head><meta charset="utf-8"><title>labelcast preview</title>
@@ -573,10 +682,9 @@ def _index_page(streams: list[dict[str, Any]]) -> bytes:
     return _INDEX.format(items="".join(items), views="".join(views)).encode("utf-8")
 
 
-def _handler_for(preview: _Preview) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler_for(preview: _Preview) -> type[BoundedRequestHandler]:
+    class Handler(BoundedRequestHandler):
         server_version = "labelcast-preview"
-        timeout = preview.config.client_timeout_s  # a viewer that stops reading is dropped
 
         def setup(self) -> None:
             super().setup()
@@ -606,16 +714,17 @@ def _handler_for(preview: _Preview) -> type[BaseHTTPRequestHandler]:
                 self._mjpeg(urllib.parse.unquote(path[len("/stream/") : -len(".mjpg")]))
             elif path.startswith("/stream/") and path.endswith(".jpg"):
                 stream = urllib.parse.unquote(path[len("/stream/") : -len(".jpg")])
-                found = preview.jpeg(stream, -1, 0)
-                if found is None:
+                if not preview.has_picture(stream):
                     self._reply(404, b"no such stream\n", "text/plain")
+                elif (found := preview.latest_jpeg(stream, 2.0)) is None:
+                    self._reply(503, b"no picture yet\n", "text/plain", {"Retry-After": "1"})
                 else:
-                    self._reply(200, found[1], "image/jpeg")
+                    self._reply(200, found.data, "image/jpeg")
             else:
                 self._reply(404, b"not found\n", "text/plain")
 
         def _mjpeg(self, stream: str) -> None:
-            if preview.jpeg(stream, -1, 0) is None:
+            if not preview.has_picture(stream):
                 self._reply(404, b"no such stream\n", "text/plain")
                 return
             if not preview.acquire_slot():
@@ -628,19 +737,15 @@ def _handler_for(preview: _Preview) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 version = -1
                 while not preview.closed:
-                    found = preview.jpeg(stream, version, 1.0)
+                    found = preview.next_jpeg(stream, version, 1.0)
                     if found is None:
-                        break
-                    if found[0] == version:
-                        continue  # nothing new; wait again
-                    version, data = found
-                    self.wfile.write(
+                        continue  # nothing new yet; ask again (and stay watched)
+                    version, data = found.version, found.data
+                    head = (
                         f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                         f"Content-Length: {len(data)}\r\n\r\n".encode()
-                        + data
-                        + b"\r\n"
                     )
-                    self.wfile.flush()
+                    _send_parts(self.connection, (head, data, b"\r\n"))
             except OSError:
                 pass  # the viewer went away or stopped reading
             finally:
@@ -701,6 +806,21 @@ class OverlaySink:
         self._recordings: dict[str, _Recording] = {}
         self._preview = _Preview(config.preview) if config.preview is not None else None
 
+    @property
+    def connected(self) -> bool:
+        """Always True: the sink writes local files and serves viewers, nothing to lose."""
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        """Always None (see ``connected``)."""
+        return None
+
+    @property
+    def backlog(self) -> int | None:
+        """None: the sink keeps no outbox."""
+        return None
+
     @staticmethod
     def check(config: OverlaySinkConfig) -> list[str]:
         """Tell ``labelcast check`` whether the files can be written and the preview can listen."""
@@ -714,9 +834,10 @@ class OverlaySink:
             if not os.access(folder, os.W_OK):
                 problems.append(f"overlay sink: {folder} is not writable (output {config.output})")
         if config.preview is not None:
-            host, port = config.preview.bind.rsplit(":", 1)
+            host, port = parse_bind(config.preview.bind, "preview.bind")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
-                with socket.create_server((host, int(port))):
+                with socket.create_server((host, port), family=family):
                     pass
             except OSError as exc:
                 problems.append(

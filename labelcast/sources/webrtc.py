@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import threading
 import time
@@ -22,12 +23,13 @@ from types import TracebackType
 from typing import Annotated, Any, ClassVar, Literal
 
 import av
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from labelcast.errors import SourceError
 from labelcast.pipeline.frames import StreamState
 from labelcast.redact import Redactor
 from labelcast.sources.live import Connection, LiveSource, Picture, WatchedSourceConfigBase
+from labelcast.util.http import format_bind, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,16 @@ _MAX_OFFER_BYTES = 256 * 1024
 # because the pipeline promises to stop within seconds of SIGTERM.
 _SERVER_TIMEOUT_S = 10.0
 _CLOSE_TIMEOUT_S = 3.0
-# Browsers post from other origins (a page on another host): allow it, and let them
-# read the session URL. The bearer token, not the origin, is the access control.
+# Browsers send an Origin with every cross-origin request (and with POST/DELETE); only the
+# pages a source lists in ``allow_origins`` may publish, so that any page open in the
+# operator's browser cannot replace a stream's publisher. Encoders (OBS, FFmpeg) send no
+# Origin. Allowed pages may read the session URL.
 _CORS = {
-    "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, DELETE, PATCH, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
     "Access-Control-Expose-Headers": "Location, Link",
 }
+_VARY = {"Vary": "Origin"}
 
 
 class WebRTCSourceConfig(WatchedSourceConfigBase):
@@ -55,14 +59,69 @@ class WebRTCSourceConfig(WatchedSourceConfigBase):
         str,
         Field(
             min_length=1,
-            description="Address the WHIP endpoint listens on; 0.0.0.0 for other machines.",
+            description="Address the WHIP endpoint listens on (an IPv4 or IPv6 address or a "
+            "host name); 0.0.0.0 for other machines, which then needs a `token`.",
         ),
     ] = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535, description="TCP port of the WHIP endpoint.")] = 8889
     token: Annotated[
         SecretStr | None,
-        Field(description="If set, publishers must send 'Authorization: Bearer <token>'."),
+        Field(
+            validate_default=True,
+            description="Publishers must send 'Authorization: Bearer <token>'; required "
+            "when `bind` is not loopback. Write it as ${ENV_VAR}, never inline.",
+        ),
     ] = None
+    allow_origins: Annotated[
+        list[str],
+        Field(
+            default_factory=list,
+            description="Web pages (origins, e.g. https://studio.example.com) allowed to "
+            "publish from a browser; requests from other pages are refused. Encoders "
+            "(OBS, FFmpeg) send no origin and need none.",
+        ),
+    ]
+
+    @field_validator("bind")
+    @classmethod
+    def _host_only(cls, bind: str) -> str:
+        host = bind.removeprefix("[").removesuffix("]")
+        if any(c.isspace() for c in host) or "/" in host:
+            raise ValueError("expected an address or host name, e.g. 127.0.0.1 or ::1")
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(
+                    "expected an address or host name without a port (the port is `port`)"
+                ) from None
+        return host
+
+    @field_validator("token")
+    @classmethod
+    def _token_off_loopback(cls, token: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        bind = info.data.get("bind")
+        if token is None and isinstance(bind, str) and not is_loopback(bind):
+            raise ValueError(
+                f"required when bind is not loopback ({bind}): anyone who reaches the "
+                "endpoint could replace the stream's publisher"
+            )
+        if token is not None and not token.get_secret_value():
+            raise ValueError("must not be empty")
+        return token
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            scheme, sep, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+                # Not echoed in full: a typo is easier to see with the rule than the value.
+                raise ValueError(
+                    "each origin is scheme://host[:port] with no path, "
+                    "e.g. https://studio.example.com"
+                )
+        return [origin.lower() for origin in origins]
 
 
 @dataclass(eq=False)
@@ -78,11 +137,22 @@ class _Session:
 class _WhipEndpoint:
     """The ``/whip/<stream>`` resource of one source; its methods run on the server's loop."""
 
-    def __init__(self, source: WebRTCSource, token: str | None) -> None:
+    def __init__(
+        self, source: WebRTCSource, token: str | None, origins: tuple[str, ...] = ()
+    ) -> None:
         self.source = source
         self.stream = source.stream_id
         self._token = token.encode() if token else None
+        self._origins = frozenset(origins)
         self.sessions: dict[str, _Session] = {}
+
+    def cors(self, origin: str | None) -> dict[str, str] | None:
+        """Return the CORS headers for a request from ``origin``; None if it is refused."""
+        if origin is None:
+            return {**_CORS, **_VARY}
+        if origin.lower() not in self._origins:
+            return None
+        return {**_CORS, **_VARY, "Access-Control-Allow-Origin": origin}
 
     def authorized(self, header: str | None) -> bool:
         """Whether the request's Authorization header carries the token (if one is needed)."""
@@ -192,13 +262,16 @@ class _WhipServer:
             future.result(_SERVER_TIMEOUT_S)
         except OSError as exc:
             self._stop_loop()
+            address = format_bind(self.host, self.port)
             raise SourceError(
-                f"WebRTC: cannot listen on http://{self.host}:{self.port} ({exc.strerror or exc})"
+                f"WebRTC: cannot listen on http://{address} ({exc.strerror or exc})"
             ) from exc
         except Exception:
             self._stop_loop()
             raise
-        log.info("WHIP endpoint listening on http://%s:%d/whip/<stream>", self.host, self.port)
+        log.info(
+            "WHIP endpoint listening on http://%s/whip/<stream>", format_bind(self.host, self.port)
+        )
 
     async def _serve(self) -> None:
         from aiohttp import web
@@ -242,39 +315,62 @@ class _WhipServer:
     def _endpoint(self, request: Any) -> _WhipEndpoint | None:
         return self.endpoints.get(request.match_info["stream"])
 
-    async def _preflight(self, request: Any) -> Any:
-        from aiohttp import web
-
-        return web.Response(status=204, headers=_CORS)
-
-    async def _offer(self, request: Any) -> Any:
+    def _admit(self, request: Any) -> tuple[_WhipEndpoint | None, dict[str, str], Any]:
+        """Return the request's endpoint, its CORS headers, and a response if refused."""
         from aiohttp import web
 
         endpoint = self._endpoint(request)
         if endpoint is None:
-            return web.Response(status=404, text="no such stream\n", headers=_CORS)
+            return None, _VARY, web.Response(status=404, text="no such stream\n", headers=_VARY)
+        origin = request.headers.get("Origin")
+        cors = endpoint.cors(origin)
+        if cors is None:
+            log.warning(
+                "stream %r: refused a WHIP request from %s: origin %s is not in allow_origins",
+                endpoint.stream,
+                request.remote,
+                origin,
+            )
+            refusal = web.Response(status=403, text="origin not allowed\n", headers=_VARY)
+            return endpoint, _VARY, refusal
+        return endpoint, cors, None
+
+    async def _preflight(self, request: Any) -> Any:
+        from aiohttp import web
+
+        _, cors, refusal = self._admit(request)
+        return refusal or web.Response(status=204, headers=cors)
+
+    async def _offer(self, request: Any) -> Any:
+        from aiohttp import web
+
+        endpoint, cors, refusal = self._admit(request)
+        if refusal is not None or endpoint is None:
+            return refusal
         if not endpoint.authorized(request.headers.get("Authorization")):
             log.warning(
                 "stream %r: refused a WHIP offer from %s (missing or wrong bearer token)",
                 endpoint.stream,
                 request.remote,
             )
-            return web.Response(status=401, text="bearer token required\n", headers=_unauthorized())
+            return web.Response(
+                status=401, text="bearer token required\n", headers=_unauthorized(cors)
+            )
         if request.content_type != "application/sdp":
             return web.Response(
-                status=415, text="the offer must be application/sdp\n", headers=_CORS
+                status=415, text="the offer must be application/sdp\n", headers=cors
             )
         offer = await request.text()
         try:
             session = await self._answer(endpoint, offer)
         except ValueError as exc:
-            return web.Response(status=400, text=f"unusable SDP offer: {exc}\n", headers=_CORS)
+            return web.Response(status=400, text=f"unusable SDP offer: {exc}\n", headers=cors)
         log.debug("stream %r: WHIP session %s from %s", endpoint.stream, session.id, request.remote)
         return web.Response(
             status=201,
             text=session.pc.localDescription.sdp,
             content_type="application/sdp",
-            headers={**_CORS, "Location": f"/whip/{endpoint.stream}/{session.id}"},
+            headers={**cors, "Location": f"/whip/{endpoint.stream}/{session.id}"},
         )
 
     async def _answer(self, endpoint: _WhipEndpoint, offer: str) -> _Session:
@@ -317,26 +413,27 @@ class _WhipServer:
     async def _delete(self, request: Any) -> Any:
         from aiohttp import web
 
-        endpoint = self._endpoint(request)
-        if endpoint is None:
-            return web.Response(status=404, headers=_CORS)
+        endpoint, cors, refusal = self._admit(request)
+        if refusal is not None or endpoint is None:
+            return refusal
         if not endpoint.authorized(request.headers.get("Authorization")):
-            return web.Response(status=401, headers=_unauthorized())
+            return web.Response(status=401, headers=_unauthorized(cors))
         session = endpoint.sessions.get(request.match_info["session"])
         if session is None:
-            return web.Response(status=404, headers=_CORS)
+            return web.Response(status=404, headers=cors)
         await endpoint.end(session, "the WHIP publisher hung up")
-        return web.Response(status=200, headers=_CORS)
+        return web.Response(status=200, headers=cors)
 
     async def _patch(self, request: Any) -> Any:
         from aiohttp import web
 
+        _, cors, refusal = self._admit(request)
         # No trickle ICE: the answer already holds every candidate (RFC 9725 allows 405).
-        return web.Response(status=405, headers={**_CORS, "Allow": "DELETE"})
+        return refusal or web.Response(status=405, headers={**cors, "Allow": "DELETE"})
 
 
-def _unauthorized() -> dict[str, str]:
-    return {**_CORS, "WWW-Authenticate": 'Bearer realm="labelcast"'}
+def _unauthorized(cors: dict[str, str]) -> dict[str, str]:
+    return {**cors, "WWW-Authenticate": 'Bearer realm="labelcast"'}
 
 
 class WebRTCSource(LiveSource):
@@ -356,10 +453,11 @@ class WebRTCSource(LiveSource):
     ) -> None:
         token = config.token.get_secret_value() if config.token is not None else None
         super().__init__(config, on_status, Redactor((token,) if token else ()))
-        self.url = f"http://{config.bind}:{config.port}/whip/{config.id}"
+        self.url = f"http://{format_bind(config.bind, config.port)}/whip/{config.id}"
         self._bind = config.bind
         self._port = config.port
         self._token = token
+        self._origins = tuple(config.allow_origins)
         self._server: _WhipServer | None = None
         self._endpoint: _WhipEndpoint | None = None
         self._handoff_drops = 0
@@ -378,7 +476,7 @@ class WebRTCSource(LiveSource):
             self._server = _WhipServer.acquire(self._bind, self._port)
         except SourceError as exc:
             raise SourceError(f"stream {self.stream_id!r}: {exc}") from exc
-        endpoint = _WhipEndpoint(self, self._token)
+        endpoint = _WhipEndpoint(self, self._token, self._origins)
         if self._server.endpoints.setdefault(self.stream_id, endpoint) is not endpoint:
             self._server.release()
             self._server = None
