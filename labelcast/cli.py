@@ -184,10 +184,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
-    from labelcast.daemon import Daemon
+    from labelcast.daemon import Daemon, exit_now
 
     interval = None if args.no_progress else args.progress_interval
-    return Daemon(args.config, args.set, config, progress_interval=interval).run()
+    daemon = Daemon(args.config, args.set, config, progress_interval=interval)
+    code = daemon.run()
+    unfinished = daemon.pipeline.unfinished_threads()
+    if unfinished:
+        # A stop gave up on them (or start-up stopped during the model load); they may be
+        # in native code, where the interpreter's own exit would abort (SIGABRT, 134).
+        log.info("exiting with code %d; still running: %s", code, ", ".join(unfinished))
+        exit_now(code)
+    return code
 
 
 def _reload(config: PipelineConfig) -> int:
@@ -199,14 +207,21 @@ def _reload(config: PipelineConfig) -> int:
             "reload asks the running labelcast over its local endpoint, and this config has "
             "no server.bind; send SIGHUP instead (kill -HUP <pid>, or systemctl reload labelcast)"
         )
-    url = f"http://{config.server.bind}/reload"
+    from labelcast.server import reload_request
+
+    # The request carries the header (and token) the endpoint asks of reloads.
+    request = reload_request(config.server)
+    url = request.full_url
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=120) as r:
+        with urllib.request.urlopen(request, timeout=120) as r:
             print(r.read().decode())
             return EXIT_OK
     except urllib.error.HTTPError as exc:
         print(exc.read().decode())
-        log.error("the running labelcast rejected the new config (see its log)")
+        if exc.code in (401, 403):
+            log.error("the running labelcast refused the reload request (is server.token right?)")
+        else:
+            log.error("the running labelcast rejected the new config (see its log)")
         return EXIT_FAILED
     except OSError as exc:
         log.error("no labelcast answers at %s (%s)", url, exc)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from yaml.composer import ComposerError
 
 from labelcast.errors import ConfigError
 from labelcast.logs import LogConfig
@@ -45,6 +46,13 @@ SinkConfig = Annotated[
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_PROBLEMS = 5
+# What a config file may expand to: far above any real one (an ImageNet-21k label map is
+# ~45,000 values), far below what exhausts memory. Aliases count as all they repeat, so
+# an alias bomb (ten levels of ten aliases: 10**10 values in 600 bytes) stops at once.
+_MAX_YAML_VALUES = 100_000
+# How deep a config may nest, in YAML and in --set keys; real ones nest about 5 levels.
+_MAX_YAML_DEPTH = 50
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 # The ``type`` tags of each tagged list, for error messages.
@@ -60,6 +68,87 @@ _TAGGED_LISTS: dict[str, tuple[str, ...]] = {
 _TAGS = {tag for tags in _TAGGED_LISTS.values() for tag in tags}
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses what no config needs and would take labelcast down.
+
+    Counted while the file is composed, before anything is built from it: the values
+    it expands to (each alias counts as everything it repeats), how deep it nests, and
+    aliases used inside the node they name (cycles). Keys written twice in one mapping
+    are refused too, rather than the last one silently winning.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._values = 0
+        self._depth = 0
+        # id(node) -> the values it expands to, once composed; a node named by an anchor
+        # but not in here is still being composed, so an alias to it is a cycle.
+        self._expanded: dict[int, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Compose one node (see yaml.composer), counting it against the limits."""
+        self.check_event()  # parses the next event into current_event (as peek_event does)
+        event: yaml.Event = self.current_event
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                size = self._expanded.get(id(target))
+                if size is None:
+                    raise _refusal(
+                        f"alias *{event.anchor} is used inside the node it names (a cycle)", event
+                    )
+                self._count(size, event)
+            return super().compose_node(parent, index)
+        if self._depth >= _MAX_YAML_DEPTH:
+            raise _refusal(f"nested deeper than {_MAX_YAML_DEPTH} levels", event)
+        self._count(1, event)
+        before = self._values
+        self._depth += 1
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if node is not None:
+            self._expanded[id(node)] = self._values - before + 1
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(node)
+        return node
+
+    def _count(self, values: int, event: yaml.Event) -> None:
+        self._values += values
+        if self._values > _MAX_YAML_VALUES:
+            raise _refusal(
+                f"the YAML expands to more than {_MAX_YAML_VALUES} values (an alias counts "
+                "as everything it repeats)",
+                event,
+            )
+
+
+def _refusal(problem: str, event: yaml.Event) -> ComposerError:
+    """Make the YAML error for ``event``; parse_config reports it with its line."""
+    mark = event.start_mark
+    return ComposerError(None, None, problem, mark if isinstance(mark, yaml.Mark) else None)
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
+    """Raise ComposerError at the second of two equal keys of one mapping."""
+    seen: dict[tuple[str, str], yaml.Node] = {}
+    for key, _ in node.value:
+        # Keys merged in with << may be overridden; only keys written here count.
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+            continue
+        first = seen.get((key.tag, key.value))
+        if first is None:
+            seen[(key.tag, key.value)] = key
+        else:
+            name = key.value if len(key.value) <= 40 else f"{key.value[:40]}..."
+            raise ComposerError(
+                None,
+                None,
+                f"duplicate key {name!r} (first on line {first.start_mark.line + 1}); "
+                "a key may appear once in a mapping",
+                key.start_mark,
+            )
+
+
 class PipelineConfig(BaseModel):
     """One pipeline: its sources, one classifier, the label rules and its sinks."""
 
@@ -69,7 +158,9 @@ class PipelineConfig(BaseModel):
         str,
         Field(
             pattern=r"^[A-Za-z0-9_-]+$",
-            description="Pipeline name, used in event ids, topics and metrics.",
+            max_length=64,
+            description="Pipeline name (letters, digits, - and _; at most 64 characters), "
+            "used in event ids, topics and metrics.",
         ),
     ] = "labelcast"
     model: Annotated[ModelConfig, Field(description="The image classifier.")] = ModelConfig()
@@ -182,7 +273,7 @@ def parse_config(
 ) -> PipelineConfig:
     """Validate a config given as YAML text; ``origin`` names it in error messages."""
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -205,6 +296,15 @@ def parse_config(
         raise ConfigError(_describe(exc, origin)) from None
 
 
+def _load_yaml(text: str) -> Any:
+    """Parse plain YAML as ``yaml.safe_load`` does, within the limits of _ConfigLoader."""
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def config_schema() -> dict[str, Any]:
     """Return the JSON Schema of the config file."""
     return PipelineConfig.model_json_schema()
@@ -215,10 +315,12 @@ def _apply_override(raw: dict[str, Any], override: str, origin: str) -> None:
     if not sep or not key.strip():
         raise ConfigError(f"--set {override!r}: expected dotted.key=value")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
+        value = _load_yaml(value_text) if value_text.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: the value is not valid YAML ({exc})") from exc
     parts = key.strip().split(".")
+    if len(parts) > _MAX_YAML_DEPTH:
+        raise ConfigError(f"--set {key[:80]}...: nested deeper than {_MAX_YAML_DEPTH} levels")
     node: Any = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1

@@ -61,3 +61,19 @@ def make_clip(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def cut_file(source: Path, dest: Path, *, keep: float, extra_bytes: int = 0) -> Path:
+    """Copy the first ``keep`` share of ``source``'s bytes (plus ``extra_bytes``) to ``dest``:
+    a file whose copy or recording was interrupted."""
+    data = source.read_bytes()
+    dest.write_bytes(data[: int(len(data) * keep) + extra_bytes])
+    return dest
+
+
+def make_truncated_ts(folder: Path, *, seconds: float = 6, fps: int = 30) -> Path:
+    """An MPEG-TS clip cut off mid-file, mid-packet: a transport stream declares no
+    duration, so only the damaged last frame and packet tell that it was cut."""
+    whole = make_clip(folder / "whole.ts", seconds=seconds, fps=fps)
+    # Half the bytes plus a few: the last 188-byte TS packet, and the frame in it, are cut.
+    return cut_file(whole, folder / "truncated.ts", keep=0.5, extra_bytes=100)

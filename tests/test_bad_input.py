@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import by_stream, read_events, run_cli, write_config
+from helpers import by_stream, read_events, require_module, run_cli, write_config
 
 
 def base_config(tiny_model: Path, out: Path) -> dict:
@@ -199,8 +199,7 @@ def test_local_directory_that_is_not_a_checkpoint(tmp_path, clips):
 
 
 def test_cuda_on_a_machine_without_it_is_a_clear_error(tmp_path, tiny_model, clips):
-    pytest.importorskip("torch")
-    import torch
+    torch = require_module("torch")
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the error path is for machines without it")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import stat
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 # A file whose last decoded frame is more than this many frame periods short of the
 # duration its container declares was cut off.
 _TRUNCATION_FRAMES = 3
+# The packet sizes of MPEG transport streams (plain, M2TS with timecodes, with FEC): a
+# transport stream declares no duration, but one cut mid-packet is not a whole number of them.
+_TS_PACKET_SIZES = (188, 192, 204)
 # A real-time source this far behind its clip's clock says so (once): decoding, or a
 # consumer that makes it wait, cannot keep up with real time.
 _BEHIND_WARNING_S = 2.0
@@ -109,8 +113,7 @@ class FileSource:
         return self
 
     def _open(self) -> None:
-        if not self._path.is_file():
-            raise SourceError(f"stream {self.stream_id!r}: video file not found: {self._path}")
+        self._check_is_a_file()
         try:
             self._container = av.open(str(self._path), mode="r")
         except av.error.FFmpegError as exc:
@@ -124,6 +127,38 @@ class FileSource:
         self._stream.thread_type = "AUTO"
         if self._keyframes:
             self._stream.codec_context.skip_frame = "NONKEY"
+
+    def _check_is_a_file(self) -> None:
+        """Raise SourceError saying what the path is when it is not a regular file.
+
+        ``stat`` rather than opening: opening a named pipe would wait for a writer.
+        """
+        try:
+            mode = self._path.stat().st_mode
+        except FileNotFoundError as exc:
+            raise SourceError(
+                f"stream {self.stream_id!r}: video file not found: {self._path}"
+            ) from exc
+        except OSError as exc:
+            raise SourceError(
+                f"stream {self.stream_id!r}: cannot read {self._path} ({exc.strerror})"
+            ) from exc
+        if stat.S_ISREG(mode):
+            return
+        hint = ""
+        if stat.S_ISDIR(mode):
+            what = "a directory"
+        elif stat.S_ISFIFO(mode):
+            what = "a named pipe (FIFO)"
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            what, hint = "a device", " (a V4L2 camera is a source of type: camera)"
+        elif stat.S_ISSOCK(mode):
+            what = "a socket"
+        else:
+            what = "a special file"
+        raise SourceError(
+            f"stream {self.stream_id!r}: {self._path} is {what}, not a video file{hint}"
+        )
 
     def stop(self) -> None:
         """Make ``frames()`` return soon: within one packet, or at once while pacing."""
@@ -171,6 +206,9 @@ class FileSource:
         last_pts: float | None = None
         last_packet_pts: float | None = None
         bad_packets = 0
+        # Frames FFmpeg decoded with errors concealed; a cut-off file ends with one.
+        damaged_frames = 0
+        last_frame_damaged = False
         last_sampled = -1
         try:
             for packet in container.demux(stream):
@@ -195,6 +233,8 @@ class FileSource:
                         )
                     continue
                 for video_frame in decoded:
+                    last_frame_damaged = video_frame.is_corrupt
+                    damaged_frames += last_frame_damaged
                     index = self.frames_decoded
                     self.frames_decoded += 1
                     pts = video_frame.time if video_frame.time is not None else index / rate
@@ -237,8 +277,16 @@ class FileSource:
                 bad_packets,
                 self._path,
             )
+        if damaged_frames > last_frame_damaged:
+            log.warning(
+                "stream %r: %s has %d damaged frames (decoded with the damage concealed)",
+                self.stream_id,
+                self._path,
+                damaged_frames - last_frame_damaged,
+            )
         if first_round:
-            self._warn_if_cut_short(stream, last_packet_pts if self._keyframes else last_pts, rate)
+            last = last_packet_pts if self._keyframes else last_pts
+            self._warn_if_cut_short(stream, last, rate, last_frame_damaged)
         if first_pts is None or last_pts is None:
             if self._loop:
                 log.warning("stream %r: %s has no frames to loop", self.stream_id, self._path)
@@ -247,22 +295,45 @@ class FileSource:
         return end - first_pts
 
     def _warn_if_cut_short(
-        self, stream: av.video.stream.VideoStream, last_pts: float | None, rate: float
+        self,
+        stream: av.video.stream.VideoStream,
+        last_pts: float | None,
+        rate: float,
+        last_frame_damaged: bool,
     ) -> None:
-        if stream.duration is None or stream.time_base is None:
-            return
-        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-        declared_end = start + float(stream.duration * stream.time_base)
+        """Warn once if the file was cut off: by its last frame, last packet or duration."""
+        time_base = stream.time_base
+        start = float(stream.start_time * time_base) if stream.start_time and time_base else 0.0
         reached = (last_pts if last_pts is not None else start) + 1.0 / rate
-        if declared_end - reached > _TRUNCATION_FRAMES / rate:
-            log.warning(
-                "stream %r: %s ends at %.2f s but declares %.2f s; the file is truncated "
-                "or damaged, the stream ends there",
-                self.stream_id,
-                self._path,
-                reached,
-                declared_end,
-            )
+        if last_frame_damaged:
+            how = "in a frame cut short"
+        elif self._ends_mid_ts_packet():
+            how = "in a transport stream packet cut short"
+        elif stream.duration is not None and time_base is not None:
+            declared_end = start + float(stream.duration * time_base)
+            if declared_end - reached <= _TRUNCATION_FRAMES / rate:
+                return
+            how = f"but declares {declared_end:.2f} s"
+        else:
+            return
+        log.warning(
+            "stream %r: %s ends at %.2f s %s; the file is truncated or damaged, "
+            "the stream ends there",
+            self.stream_id,
+            self._path,
+            reached,
+            how,
+        )
+
+    def _ends_mid_ts_packet(self) -> bool:
+        """Whether the file is a transport stream whose last packet is incomplete."""
+        if self._container is None or self._container.format.name != "mpegts":
+            return False
+        try:
+            size = self._path.stat().st_size
+        except OSError:
+            return False
+        return all(size % packet_size for packet_size in _TS_PACKET_SIZES)
 
 
 class _Pacer:
