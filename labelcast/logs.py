@@ -2,7 +2,7 @@
 
 Every record carries the pipeline name; records logged on a source's thread (named
 ``source:<id>``) carry that stream. Repeated warnings and errors (same logger, same
-message template) are let through once per ``window_s`` and then summarised with a count;
+formatted message) are let through once per ``window_s`` and then summarised with a count;
 a record logged with ``extra={"always": True}`` is never held back.
 """
 
@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Distinct messages the repeat limiter remembers at most (messages carry varying details).
+_MAX_REMEMBERED = 1024
 NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "huggingface_hub", "filelock", "aioice", "aiortc")
 
 
@@ -35,8 +37,8 @@ class LogConfig(BaseModel):
         float,
         Field(
             ge=0,
-            description="Repeats of one warning/error within this window are counted, "
-            "not logged; 0 logs every one.",
+            description="Repeats of one warning/error (the same text from the same logger) "
+            "within this window are counted, not logged; 0 logs every one.",
         ),
     ] = 60.0
 
@@ -68,7 +70,13 @@ class _RateLimit(logging.Filter):
             or getattr(record, "always", False)
         ):
             return True
-        key = (record.name, str(record.msg))
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            # Arguments that don't fit the template: let the handler report it as usual.
+            return True
+        # The formatted message, not the template: "%s" carries many different errors.
+        key = (record.name, message)
         now = time.monotonic()
         with self._lock:
             first, suppressed = self._seen.get(key, (0.0, -1))
@@ -76,14 +84,23 @@ class _RateLimit(logging.Filter):
                 self._seen[key] = (first, suppressed + 1)
                 return False
             self._seen[key] = (now, 0)
+            if len(self._seen) > _MAX_REMEMBERED:
+                self._forget(now)
         if suppressed > 0:
-            record.msg = f"{record.msg} (and {suppressed} more like it in the last %.0f s)"
-            record.args = (
-                (*(record.args or ()), self.window_s)
-                if isinstance(record.args, tuple)
-                else record.args
+            record.msg = (
+                f"{message} (and {suppressed} more like it in the last {self.window_s:.0f} s)"
             )
+            record.args = ()
         return True
+
+    def _forget(self, now: float) -> None:
+        """Drop messages whose window has passed; if still too many, the oldest half."""
+        self._seen = {
+            key: seen for key, seen in self._seen.items() if now - seen[0] < self.window_s
+        }
+        if len(self._seen) > _MAX_REMEMBERED:
+            newest = sorted(self._seen.items(), key=lambda item: item[1][0])
+            self._seen = dict(newest[len(newest) // 2 :])
 
 
 class _JsonFormatter(logging.Formatter):
