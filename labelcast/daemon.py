@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from labelcast.config import PipelineConfig, load_config
 from labelcast.errors import LabelcastError
@@ -25,6 +25,18 @@ log = logging.getLogger("labelcast")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` at once, without the interpreter's shutdown.
+
+    For a run that gave up on threads still inside native code (a forward pass in
+    torch, a sink's write to a full pipe, a model download): a normal interpreter exit
+    then aborts the process (``terminate called without an active exception``, SIGABRT)
+    or hangs. Log lines are already out (each is flushed as it is written); so is every
+    line a sink wrote.
+    """
+    os._exit(code)
 
 
 class Daemon:
@@ -47,19 +59,29 @@ class Daemon:
         self._reload_lock = threading.Lock()
 
     def run(self) -> int:
-        """Start, serve, wait; return the exit code. Model/sink errors at start propagate."""
+        """Start, serve, wait; return the exit code. Model/sink errors at start propagate.
+
+        A stop signal during start-up ends it at once (see ``Pipeline.start``): nothing
+        opens, systemd hears ``STOPPING=1`` and never ``READY=1``, and the code is 0.
+        Threads a stop gave up on may still run when this returns
+        (``pipeline.unfinished_threads()``): end the process with :func:`exit_now` then.
+        """
         pipeline = self.pipeline
         self._install_signals()
+        self._notifier.notify("STATUS=loading the model")
         pipeline.start()
         config = pipeline.config
-        server = OpsServer(config.server, self._endpoints()) if config.server else None
-        if server is not None:
-            server.start()
-        self._notifier.notify(f"READY=1\nSTATUS=classifying {len(config.sources)} stream(s)")
-        interval = watchdog_interval_s()
-        watchdog = Watchdog(self._notifier, pipeline.liveness, interval) if interval else None
-        if watchdog is not None:
-            watchdog.start()
+        server: OpsServer | None = None
+        watchdog: Watchdog | None = None
+        if self._stop_requested is None:
+            server = OpsServer(config.server, self._endpoints()) if config.server else None
+            if server is not None:
+                server.start()
+            self._notifier.notify(f"READY=1\nSTATUS=classifying {len(config.sources)} stream(s)")
+            interval = watchdog_interval_s()
+            watchdog = Watchdog(self._notifier, pipeline.liveness, interval) if interval else None
+            if watchdog is not None:
+                watchdog.start()
         try:
             finished = self._wait()
         finally:
@@ -114,7 +136,7 @@ class Daemon:
     def _install_signals(self) -> None:
         def on_stop(signum: int, frame: FrameType | None) -> None:
             if self._stop_requested is not None:
-                os._exit(128 + signum)  # a second signal: the user wants out now
+                exit_now(128 + signum)  # a second signal: the user wants out now
             self._stop_requested = time.monotonic()
             log.info(
                 "%s received: stopping (classifying queued frames, flushing sinks, at most "
@@ -135,14 +157,18 @@ class Daemon:
             signal.signal(signal.SIGHUP, on_reload)
 
     def _wait(self) -> bool:
-        """Wait for the pipeline; after a stop signal, at most shutdown_timeout_s."""
+        """Wait for the pipeline; after a stop signal, at most shutdown_timeout_s.
+
+        Returns False if the stop gave up. A classifier error ends the pipeline too
+        (logged where it happened; ``_summarise`` turns it into exit 1).
+        """
         progress: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if self._progress_interval is not None:
             progress = Progress(
                 self.pipeline.stats, bars=sys.stderr.isatty(), log_every_s=self._progress_interval
             )
         with progress:
-            while not self.pipeline.wait(0.2):
+            while not self._finished(0.2):
                 started = self._stop_requested
                 limit = self.pipeline.config.shutdown_timeout_s
                 if started is not None and time.monotonic() - started > limit:
@@ -152,9 +178,18 @@ class Daemon:
                         limit,
                     )
                     self.pipeline.abort()
-                    self.pipeline.wait(2.0)
+                    self._finished(2.0)
                     return False
         return True
+
+    def _finished(self, timeout: float) -> bool:
+        """``pipeline.wait(timeout)``, except that the pipeline's own error is not raised."""
+        try:
+            return self.pipeline.wait(timeout)
+        except Exception as exc:
+            if exc is not self.pipeline.error:
+                raise
+            return True
 
     def _summarise(self, finished: bool) -> int:
         pipeline = self.pipeline
@@ -174,5 +209,7 @@ class Daemon:
                 len(pipeline.failed_streams),
                 ", ".join(pipeline.failed_streams),
             )
+            return EXIT_FAILED
+        if pipeline.error is not None:
             return EXIT_FAILED
         return EXIT_OK if finished else EXIT_FAILED

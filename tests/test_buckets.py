@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import read_events, run_cli, write_config
+from helpers import read_events, require, run_cli, write_config
 from media import photo
 
 from labelcast.config import load_config
@@ -195,8 +195,7 @@ def test_torch_compile_over_buckets_gives_the_plain_fp32_results(tiny_model, pla
 @pytest.mark.gpu
 def test_cuda_graphs_over_buckets_give_the_eager_fp16_results(tiny_model):
     # given the model in fp16 on CUDA, eager and compiled (CUDA graphs) for 2 and 4 frames
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    require("cuda", torch.cuda.is_available(), "no CUDA device (this test is marked gpu)")
     eager = load(tiny_model, device="cuda", precision="fp16")
     compiled = load(
         tiny_model,

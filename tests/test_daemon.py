@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import by_stream, free_port, read_events, run_cli, write_config
+from helpers import by_stream, free_port, needs, read_events, run_cli, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from rtsp_server import missing_requirements
 
@@ -26,8 +26,7 @@ from labelcast import Pipeline, parse_config
 from labelcast.pipeline.classifier import Classifier, ModelConfig
 from labelcast.systemd import Notifier, Watchdog
 
-RTSP_MISSING = missing_requirements()
-needs_rtsp = pytest.mark.skipif(RTSP_MISSING is not None, reason=f"RTSP server: {RTSP_MISSING}")
+needs_rtsp = needs("gstreamer-rtsp", missing_requirements())
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from helpers import free_port
+from helpers import free_port, needs, require, require_module
 from rtsp_server import RtspServer, missing_requirements
 
 import labelcast
@@ -41,10 +41,7 @@ LEAKS = (PASSWORD, ENCODED, "p@ss", "w%rd", "%40ss", "ss%3Aw")
 # Speeds up RTSP opens: FFmpeg otherwise probes the stream for ~2 s.
 FAST_OPEN = "{analyzeduration: 500000}"
 
-_RTSP_MISSING = missing_requirements()
-needs_rtsp = pytest.mark.skipif(
-    _RTSP_MISSING is not None, reason=f"RTSP test server unavailable: {_RTSP_MISSING}"
-)
+needs_rtsp = needs("gstreamer-rtsp", missing_requirements())
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -600,7 +597,7 @@ def test_webrtc_whip_publisher_pushes_a_clip_and_events_arrive(
     recorder: Recorder,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pytest.importorskip("aiortc")
+    require_module("aiortc", "pip install labelcast[webrtc]")
     import aioice.ice
 
     # ICE on loopback only (aioice leaves 127.0.0.1 out of its host candidates).
@@ -636,7 +633,7 @@ def test_webrtc_whip_publisher_pushes_a_clip_and_events_arrive(
 
 
 def test_webrtc_port_in_use_is_a_clear_error() -> None:
-    pytest.importorskip("aiortc")
+    require_module("aiortc", "pip install labelcast[webrtc]")
     from labelcast.sources.webrtc import WebRTCSource, WebRTCSourceConfig
 
     with socket.socket() as taken:
@@ -684,11 +681,11 @@ def test_camera_device_missing_in_a_pipeline_retries_and_stops(
 
 def test_camera_v4l2loopback_delivers_frames(classifier: Classifier, tiny_model: Path) -> None:
     devices = _loopback_devices()
-    if not devices:
-        pytest.skip(
-            "v4l2loopback device missing: no /dev/video* with a loopback driver "
-            "(the v4l2loopback kernel module is not loaded)"
-        )
+    require(
+        "v4l2loopback",
+        bool(devices),
+        "no /dev/video* with a loopback driver (the v4l2loopback kernel module is not loaded)",
+    )
     device = devices[0]
     import av
     import numpy as np

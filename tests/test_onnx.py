@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import read_events, run_cli, write_config
+from helpers import read_events, require_module, run_cli, write_config
 from media import photo
-
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
 
 from labelcast.config import load_config
 from labelcast.errors import ConfigError
 from labelcast.pipeline.agreement import agreement
 from labelcast.pipeline.classifier import Classifier, ModelConfig
+
+require_module("onnxruntime", "pip install labelcast[onnx]")
+require_module("onnxscript", "pip install labelcast[onnx]")
 
 FP32_MAX_ABS_LOGIT_DIFF = 1e-3
 INT8_MAX_ABS_LOGIT_DIFF = 3.0

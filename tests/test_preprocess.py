@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+from helpers import require
 from media import PHOTOS, photo
 
 from labelcast.errors import ModelError
@@ -277,8 +278,7 @@ def test_beit_preprocessing_on_cuda_matches_transformers_pil(
     tiny_model: Path, beit_pil: Any
 ) -> None:
     # given the classifier on the GPU in fp32 and photos of mixed sizes
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    require("cuda", torch.cuda.is_available(), "no CUDA device (this test is marked gpu)")
     gpu = Classifier.load(ModelConfig(id=str(tiny_model), device="cuda", precision="fp32"))
     images = _mixed() + _photos(None)
 

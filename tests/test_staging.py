@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import write_config
+from helpers import require, write_config
 from media import photo
 
 from labelcast import LabelEvent, Pipeline, load_config
@@ -178,8 +178,7 @@ def test_a_reload_publishes_the_batch_in_flight_under_the_rules_it_was_classifie
 @pytest.mark.gpu
 def test_cuda_staging_of_many_mixed_batches_gives_the_cpu_preprocessing(tiny_model: Path) -> None:
     # given the classifier on CUDA in fp32, and batches of photos of different sizes
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    require("cuda", torch.cuda.is_available(), "no CUDA device (this test is marked gpu)")
     gpu = Classifier.load(ModelConfig(id=str(tiny_model), device="cuda", precision="fp32"))
     cpu = Classifier.load(ModelConfig(id=str(tiny_model), device="cpu", precision="fp32"))
     photos = [
@@ -215,8 +214,7 @@ def test_a_pipeline_on_cuda_overlaps_batches_and_labels_frames_as_the_cpu_does(
     tiny_model: Path, clips: dict[str, Path], tmp_path: Path
 ) -> None:
     # given two file streams, classified in fp32 on the CPU and on CUDA
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    require("cuda", torch.cuda.is_available(), "no CUDA device (this test is marked gpu)")
     path = _config(tmp_path, tiny_model, clips)
     runs: dict[str, list[LabelEvent]] = {}
     for device in ("cpu", "cuda"):

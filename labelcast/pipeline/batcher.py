@@ -41,6 +41,7 @@ class StreamQueues:
         self._queues: dict[str, _StreamQueue] = {}
         self._order: list[str] = []
         self._next = 0
+        self._shut = False
 
     def add_stream(self, stream: str, capacity: int, live: bool) -> None:
         """Register a stream before its producer starts (again, after a reload).
@@ -73,8 +74,11 @@ class StreamQueues:
         """Enqueue a frame; return False if ``stop`` was set while waiting for room.
 
         ``stop`` is the hard stop: a graceful stop still queues the frames in hand.
+        Returns False at once after :meth:`shut`.
         """
         with self._cond:
+            if self._shut:
+                return False
             queue = self._queues[frame.stream]
             if queue.live:
                 if len(queue.frames) >= queue.capacity:
@@ -83,12 +87,21 @@ class StreamQueues:
                     queue.dropped_total += 1
             else:
                 while len(queue.frames) >= queue.capacity:
-                    if stop.is_set():
+                    if stop.is_set() or self._shut:
                         return False
                     self._cond.wait(0.1)
             queue.frames.append(frame)
             self._cond.notify_all()
             return True
+
+    def shut(self) -> None:
+        """Take no more frames: nothing batches them any more (the classifier has ended).
+
+        A producer waiting for room returns at once, so a file source never waits forever.
+        """
+        with self._cond:
+            self._shut = True
+            self._cond.notify_all()
 
     def close_stream(self, stream: str) -> None:
         """Mark a stream as ended: its queued frames are still batched, then it is forgotten."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -22,6 +23,7 @@ from labelcast.sinks.base import AllFramesSink, Sink
 log = logging.getLogger(__name__)
 
 _CLOSE = None
+_POLL_S = 0.1  # how often a waiting put or close looks at abort()
 
 
 @dataclass
@@ -48,7 +50,7 @@ class SinkWorker:
 
     A lossless sink's full queue makes ``put`` wait; any other sink's full queue
     drops the event, counts it and logs once per burst, so a slow sink never
-    stalls the classifier.
+    stalls the classifier. After :meth:`abort` nothing waits for the sink any more.
     """
 
     def __init__(self, sink: Sink, capacity: int = 256) -> None:
@@ -60,6 +62,7 @@ class SinkWorker:
         self._in_drop_burst = False
         self._in_frame_drop_burst = False
         self._closing = False
+        self._abort = threading.Event()
         # A sink written before change events existed may lack send_change: it gets none.
         self._takes_changes = callable(getattr(sink, "send_change", None))
         if not self._takes_changes:
@@ -70,10 +73,23 @@ class SinkWorker:
         """Start the sink's thread."""
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the sink's thread still runs (after a close that timed out, or an abort)."""
+        return self._thread.is_alive()
+
+    def abort(self) -> None:
+        """Stop waiting for the sink: a waiting put drops its item (counted), close gives up.
+
+        The sink's thread may still be inside the sink (it is a daemon thread).
+        """
+        self._abort.set()
+
     def put(self, event: LabelEvent, frame: Frame) -> None:
         """Hand an event to the sink (waits if the sink is lossless and behind)."""
         if self.sink.lossless:
-            self._queue.put((event, frame))
+            if not self._put_waiting((event, frame), None):
+                self.counters.dropped += 1
             return
         try:
             self._queue.put_nowait((event, frame))
@@ -97,7 +113,7 @@ class SinkWorker:
         With ``wait`` a full queue makes the caller (a file source) wait; otherwise the
         frame is dropped and counted, so a live source never waits for a sink.
         """
-        while wait and not self._closing:
+        while wait and not self._closing and not self._abort.is_set():
             # Not a plain put(): a sink retired by a reload must not hold a source up.
             try:
                 self._queue.put(item, timeout=0.2)
@@ -117,8 +133,11 @@ class SinkWorker:
                 )
 
     def put_status(self, status: StreamStatus) -> None:
-        """Hand a stream state change to the sink, in order with its events; never dropped."""
-        self._queue.put(status)
+        """Hand a stream state change to the sink, in order with its events.
+
+        Never dropped, except after :meth:`abort`.
+        """
+        self._put_waiting(status, None)
 
     def put_change(self, change: ChangeEvent, state: LabelState) -> None:
         """Hand a change of a stream's label and its new state to the sink, in order with events.
@@ -131,7 +150,8 @@ class SinkWorker:
             return
         item = _Change(change, state)
         if self.sink.lossless:
-            self._queue.put(item)
+            if not self._put_waiting(item, None):
+                self.counters.dropped += 1
             return
         try:
             self._queue.put_nowait(item)
@@ -145,11 +165,40 @@ class SinkWorker:
             )
 
     def close(self, timeout: float | None = None) -> bool:
-        """Deliver what is queued, close the sink; return False if that took over ``timeout``."""
+        """Deliver what is queued, close the sink; return False if that took over ``timeout``.
+
+        :meth:`abort` ends the wait too (then it returns False if the sink is not done).
+        """
         self._closing = True
-        self._queue.put(_CLOSE)
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._put_waiting(_CLOSE, deadline):
+            return False
+        while self._thread.is_alive() and not self._expired(deadline):
+            self._thread.join(self._slice(deadline))
         return not self._thread.is_alive()
+
+    def _put_waiting(
+        self,
+        item: tuple[LabelEvent, Frame] | StreamStatus | _Change | None,
+        deadline: float | None,
+    ) -> bool:
+        """Queue ``item``, waiting for room until ``deadline`` or abort(); False if not queued."""
+        while True:
+            try:
+                self._queue.put(item, timeout=self._slice(deadline))
+                return True
+            except queue.Full:
+                if self._expired(deadline):
+                    return False
+
+    def _expired(self, deadline: float | None) -> bool:
+        return self._abort.is_set() or (deadline is not None and time.monotonic() >= deadline)
+
+    @staticmethod
+    def _slice(deadline: float | None) -> float:
+        if deadline is None:
+            return _POLL_S
+        return max(0.001, min(_POLL_S, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not _CLOSE:

@@ -8,11 +8,13 @@ nothing else is instrumented.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from labelcast.sinks.base import AllFramesSink
 
 if TYPE_CHECKING:
     from labelcast.pipeline.runner import Pipeline
@@ -108,7 +110,7 @@ class _PipelineCollector(Collector):
         )
         connected = GaugeMetricFamily(
             "labelcast_sink_connected",
-            "1 while the sink is connected.",
+            "1 while the sink can deliver (connected, its publisher alive); 1 for local sinks.",
             labels=["pipeline", "sink"],
         )
         frames_dropped = CounterMetricFamily(
@@ -121,12 +123,12 @@ class _PipelineCollector(Collector):
             counters = worker.counters
             for outcome in ("sent", "failed", "dropped"):
                 sink_events.add_metric([name, sink, outcome], getattr(counters, outcome))
-            depth_of = getattr(worker.sink, "outbox_depth", None)
-            if callable(depth_of):
-                outbox.add_metric([name, sink], float(depth_of()))
-            connected.add_metric([name, sink], float(bool(getattr(worker.sink, "connected", True))))
+            backlog = worker.sink.backlog
+            if backlog is not None:
+                outbox.add_metric([name, sink], float(backlog))
+            connected.add_metric([name, sink], 1.0 if worker.sink.connected else 0.0)
             if worker.wants_all_frames:
-                in_sink = int(getattr(worker.sink, "unsampled_dropped", 0))
+                in_sink = cast(AllFramesSink, worker.sink).unsampled_dropped
                 frames_dropped.add_metric([name, sink], counters.frames_dropped + in_sink)
         yield sink_events
         yield outbox

@@ -37,6 +37,7 @@ from labelcast.sinks.base import Sink
 from labelcast.sinks.callback import CallbackSink
 from labelcast.sinks.log import LogSink
 from labelcast.sinks.mqtt import MqttSink
+from labelcast.sinks.outbox import hand_over
 from labelcast.sinks.overlay import OverlaySink
 from labelcast.sources.base import Source, UnsampledTap, is_live
 from labelcast.sources.camera import CameraSource
@@ -172,8 +173,14 @@ class Pipeline:
         # Each running sink with the config it came from (None: the API's callback sink).
         self._sink_entries: list[tuple[SinkConfig | None, SinkWorker]] = []
         self._classifier_thread: threading.Thread | None = None
+        self._loader: threading.Thread | None = None  # loads the model during start()
         self._heartbeat = time.monotonic()
         self._reload_lock = threading.Lock()
+        # Held while events go out and while a reload switches sinks, so no event is
+        # handed to a sink after the reload has closed it.
+        self._sinks_lock = threading.Lock()
+        # The classifier the application lent (never closed here), if any.
+        self._lent_classifier = classifier
         self._done = threading.Event()
         self._error: BaseException | None = None
         self.metrics.watch(self)
@@ -181,11 +188,16 @@ class Pipeline:
     def start(self) -> None:
         """Load the model, open the sinks and start every thread; return at once.
 
-        Raises ModelError or SinkError (before any thread runs) if those can't start,
-        ConfigError if ``labels.groups`` does not fit the model.
+        ``stop()`` or ``abort()`` during start-up (from another thread or a signal
+        handler) ends it at once, even while the model loads: no source opens, and
+        ``wait()`` returns True. Raises ModelError or SinkError (before any thread runs)
+        if those can't start, ConfigError if ``labels.groups`` does not fit the model.
         """
         if self.classifier is None:
-            self.classifier = Classifier.load(self.config.model)
+            self.classifier = self._load_classifier()
+        if self.classifier is None or self._stop.is_set():
+            self._end_start_up()
+            return
         self._labelling = self._build_labelling(self.config, self.classifier, None)
         workers = self._open_sinks(self.config.sinks)
         entries: list[tuple[SinkConfig | None, SinkWorker]] = list(
@@ -196,6 +208,12 @@ class Pipeline:
             callback.start()
             entries.append((None, callback))
         self._sink_entries = entries
+        if self._stop.is_set():
+            for worker in self.sinks:
+                worker.close(self.config.shutdown_timeout_s)
+            self._end_start_up()
+            return
+        # A stop() from here on reaches the sources: each checks it before it opens.
         self._classifier_thread = threading.Thread(
             target=self._classify_loop, name="classifier", daemon=True
         )
@@ -212,8 +230,14 @@ class Pipeline:
             self._stop_source(handle)
 
     def abort(self) -> None:
-        """Stop at once: nothing waits for queued frames or slow sinks any more."""
+        """Stop at once: nothing waits for queued frames or slow sinks any more.
+
+        ``wait()`` then returns soon, whatever a sink or source does; their threads
+        may still run (see :meth:`unfinished_threads`).
+        """
         self._abort.set()
+        for worker in self.sinks:
+            worker.abort()
         self.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -232,6 +256,56 @@ class Pipeline:
         """Start, and wait until every source has ended (or ``stop()`` was called)."""
         self.start()
         self.wait()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The unexpected error that ended the pipeline (``wait()`` raises it), if any."""
+        return self._error
+
+    def unfinished_threads(self) -> list[str]:
+        """Name this pipeline's threads that still run (none once a stop has finished).
+
+        After ``abort()``, or a start-up stopped while the model loaded, some may be
+        inside native code (a forward pass, a blocked write), where a normal interpreter
+        exit can abort the process: ``labelcast run`` then ends with ``os._exit``.
+        """
+        threads = [self._loader, self._classifier_thread, *self._retired_threads]
+        threads += [handle.thread for handle in list(self._sources.values())]
+        names = [thread.name for thread in threads if thread is not None and thread.is_alive()]
+        return names + [f"sink:{worker.sink.name}" for worker in self.sinks if worker.running]
+
+    def _load_classifier(self) -> Classifier | None:
+        """Load the configured model on a thread of its own; None if ``stop()`` came first.
+
+        A load can take minutes (a download) inside calls no signal interrupts; waiting
+        for it here lets ``stop()`` end start-up at once. The loading thread is then left
+        to finish on its own, and what it loads is dropped.
+        """
+        if self._stop.is_set():
+            return None
+        loaded: list[Classifier] = []
+        failed: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                loaded.append(Classifier.load(self.config.model))
+            except BaseException as exc:  # handed to start(), which raises it
+                failed.append(exc)
+
+        self._loader = threading.Thread(target=load, name="model-load", daemon=True)
+        self._loader.start()
+        while self._loader.is_alive():
+            if self._stop.is_set():
+                return None
+            self._loader.join(0.1)
+        if failed:
+            raise failed[0]
+        return loaded[0]
+
+    def _end_start_up(self) -> None:
+        """Finish a pipeline stopped during start-up: nothing runs, ``wait()`` returns."""
+        log.info("stopped during start-up: no source was opened")
+        self._done.set()
 
     @property
     def label_states(self) -> dict[str, LabelState]:
@@ -314,10 +388,12 @@ class Pipeline:
                 reasons.append(f"stream {stream} is {state}")
         sinks: dict[str, bool] = {}
         for worker in self.sinks:
-            connected = bool(getattr(worker.sink, "connected", True))
+            connected = worker.sink.connected
             sinks[worker.sink.name] = connected
             if not connected:
-                reasons.append(f"sink {worker.sink.name} is not connected")
+                problem = worker.sink.problem
+                detail = f": {problem}" if problem else ""
+                reasons.append(f"sink {worker.sink.name} is not connected{detail}")
         return not reasons, {"reasons": reasons, "streams": streams, "sinks": sinks}
 
     def reconfigure(self, config: PipelineConfig) -> ReloadResult:
@@ -338,16 +414,20 @@ class Pipeline:
             model_changed = old.model.model_dump(
                 exclude={"batch": {"max_size", "max_wait_ms"}}
             ) != config.model.model_dump(exclude={"batch": {"max_size", "max_wait_ms"}})
-            classifier = (
-                Classifier.load(config.model) if model_changed else self._labelling.classifier
-            )
-            labelling = self._build_labelling(config, classifier, self._labelling)
-            running = list(self._sink_entries)
-            unchanged = [entry for entry in running if entry[0] is None or entry[0] in config.sinks]
-            unchanged_configs = [cfg for cfg, _ in unchanged]
-            new_sink_configs = [cfg for cfg in config.sinks if cfg not in unchanged_configs]
-            retired = [entry for entry in running if entry not in unchanged]
-            added_sinks = self._replace_sinks(unchanged, retired, new_sink_configs)
+            previous = self._labelling.classifier
+            classifier = Classifier.load(config.model) if model_changed else previous
+            try:
+                labelling = self._build_labelling(config, classifier, self._labelling)
+                running = list(self._sink_entries)
+                unchanged = [e for e in running if e[0] is None or e[0] in config.sinks]
+                unchanged_configs = [cfg for cfg, _ in unchanged]
+                new_sink_configs = [cfg for cfg in config.sinks if cfg not in unchanged_configs]
+                retired = [entry for entry in running if entry not in unchanged]
+                added_sinks = self._replace_sinks(unchanged, retired, new_sink_configs)
+            except BaseException:
+                if classifier is not previous:
+                    classifier.close()  # the model loaded for the rejected config
+                raise
 
             old_sources = {s.id: s for s in old.sources}
             new_sources = {s.id: s for s in config.sources}
@@ -365,7 +445,13 @@ class Pipeline:
             self.config = config
             for stream in removed + restarted:
                 self._retire_source(stream)
-            self._adopt(labelling)
+            adopted = self._adopt(labelling)
+            if classifier is not previous:
+                self.classifier = classifier
+                # The classifier thread no longer uses the previous model: free it (and
+                # its staging buffers and threads) now, unless the application lent it.
+                if adopted and previous is not self._lent_classifier:
+                    previous.close()
             for stream in added + restarted:
                 self._add_stream(new_sources[stream])
                 self._start_source(self._sources[stream])
@@ -457,6 +543,9 @@ class Pipeline:
             self._set_status(stream, state, reason)
 
         try:
+            if handle.stop.is_set() or self._stop.is_set():
+                end_reason = "stopped"  # before it opened (the pipeline's start-up, a reload)
+                return
             source = SOURCE_CLASSES[config.type](config, on_status=on_status)
             source.on_unsampled = self._tap(source)
             handle.source = source
@@ -531,28 +620,24 @@ class Pipeline:
         retired: list[tuple[SinkConfig | None, SinkWorker]],
         configs: list[SinkConfig],
     ) -> list[SinkWorker]:
-        """Close the retired sinks, then open the new ones; return the new workers.
+        """Open the new sinks, switch events over to them, then close the retired ones.
 
-        Retired sinks close first because a changed sink may need the same resources (an
-        outbox file). If a new sink fails, the retired ones reopen, so the pipeline keeps
-        the sinks it had, and the error is raised.
+        New sinks open while the retired ones keep working, so no event falls between
+        them; if one fails to open, those opened are closed, the error is raised and
+        nothing changed. A new MQTT sink whose outbox file a retired one holds takes
+        that outbox over (``outbox.hand_over``): it writes once the retired sink has
+        written what it was handed and closed, and publishes from there.
         """
         if not retired and not configs:
             return []
-        self._sink_entries = list(unchanged)
-        for _, worker in retired:
-            worker.close(self.config.shutdown_timeout_s)
-        try:
+        with hand_over():
             added = self._open_sinks(configs)
-        except BaseException:
-            previous = [cfg for cfg, _ in retired if cfg is not None]
-            self._sink_entries = unchanged + list(
-                zip(previous, self._open_sinks(previous), strict=True)
-            )
+            with self._sinks_lock:
+                self._sink_entries = unchanged + list(zip(configs, added, strict=True))
             self._update_taps()
-            raise
-        self._sink_entries = unchanged + list(zip(configs, added, strict=True))
-        self._update_taps()
+            for _, worker in retired:
+                if not worker.close(self.config.shutdown_timeout_s):
+                    log.warning("sink %s did not finish in time", worker.sink.name)
         return added
 
     def _tap(self, source: Source) -> UnsampledTap | None:
@@ -632,19 +717,29 @@ class Pipeline:
             return self.config.stream_labels(stream)
         return None
 
-    def _adopt(self, labelling: _Labelling) -> None:
-        """Hand new rules to the classifier thread and wait until it uses them."""
+    def _adopt(self, labelling: _Labelling) -> bool:
+        """Hand new rules to the classifier thread; return whether it took them in time."""
         self._adopted.clear()
         self._pending = labelling
         if not self._adopted.wait(self.config.shutdown_timeout_s + self.config.classifier_stall_s):
             log.warning("the classifier did not take the new configuration in time")
+            return False
+        # The classifier thread also sets it when it ends, without taking anything.
+        return self._labelling is labelling
 
-    def _take_pending(self) -> _Labelling:
+    def _take_pending(self, batch: Sequence[QueuedFrame] = ()) -> _Labelling:
+        """Adopt the labelling a reload handed over, if any; return the one to use now.
+
+        A ``batch`` already formed that holds frames of a stream the new labelling
+        does not know (a reload removed it) is classified under the current one: the
+        new one is adopted before the next batch.
+        """
         current = self._labelling
         assert current is not None  # start() built it
-        pending, self._pending = self._pending, None
-        if pending is None:
+        pending = self._pending
+        if pending is None or any(item.frame.stream not in pending.trackers for item in batch):
             return current
+        self._pending = None
         # Streams that are gone end their state, so no retained state is left behind.
         for stream, tracker in current.trackers.items():
             if pending.trackers.get(stream) is not tracker:
@@ -660,6 +755,8 @@ class Pipeline:
         in_flight: _Submitted | None = None
         try:
             while True:
+                if self._abort.is_set():
+                    break  # abort(): queued frames are not classified any more
                 self._heartbeat = time.monotonic()
                 in_flight = self._complete_before_reload(in_flight)
                 labelling = self._take_pending()
@@ -684,7 +781,7 @@ class Pipeline:
                 if not batch:
                     continue
                 in_flight = self._complete_before_reload(in_flight)
-                labelling = self._take_pending()
+                labelling = self._take_pending(batch)
                 self._count_batch(batch)
                 images = [item.frame.image for item in batch]
                 classifier = labelling.classifier
@@ -723,7 +820,14 @@ class Pipeline:
             if isinstance(exc, LabelcastError):
                 log.error("%s", exc)
             else:
-                log.exception("the classifier failed; stopping the pipeline")
+                # One line that names the cause; the traceback is for --log-level DEBUG
+                # (and wait() raises the error itself).
+                log.error(
+                    "the classifier failed, stopping the pipeline: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                )
+                log.debug("the classifier's error", exc_info=exc)
         finally:
             self._finish()
 
@@ -743,9 +847,21 @@ class Pipeline:
         # With a batch in flight this includes the time it queued behind the one before.
         self.metrics.model_seconds.observe(time.perf_counter() - submitted.started)
         labelling = submitted.labelling
-        streams = [item.frame.stream for item in submitted.batch]
+        # Frames of a stream a reload removed that were still queued when the classifier
+        # adopted the new rules (the reload waits at most shutdown_timeout_s for them)
+        # have no rules any more: they are dropped, and counted here.
+        rows = [
+            i for i, item in enumerate(submitted.batch) if item.frame.stream in labelling.trackers
+        ]
+        if len(rows) < len(submitted.batch):
+            self._drop_removed(
+                [item for item in submitted.batch if item.frame.stream not in labelling.trackers]
+            )
+            probs = probs[rows]
+        batch = [submitted.batch[i] for i in rows]
+        streams = [item.frame.stream for item in batch]
         for item, (labels, scores) in zip(
-            submitted.batch, labelling.postprocess.run(streams, probs), strict=True
+            batch, labelling.postprocess.run(streams, probs), strict=True
         ):
             frame = item.frame
             self._seqs[frame.stream] += 1
@@ -755,19 +871,43 @@ class Pipeline:
             change = tracker.update(scores, seq=seq, pts=frame.pts, captured_at=frame.captured_at)
             self._publish_change(tracker, change)
 
+    def _drop_removed(self, items: Sequence[QueuedFrame]) -> None:
+        """Count and log frames of removed streams that can no longer be classified."""
+        dropped: dict[str, int] = {}
+        for item in items:
+            dropped[item.frame.stream] = dropped.get(item.frame.stream, 0) + 1 + item.dropped
+        for stream, frames in dropped.items():
+            log.warning(
+                "stream %s: dropped %d frame(s) still queued when a reload removed the stream "
+                "(not classified within shutdown_timeout_s)",
+                stream,
+                frames,
+            )
+
     def _finish(self) -> None:
+        """Stop the sources, end every stream's state and close the sinks; then done.
+
+        After a failure all of it takes at most ``shutdown_timeout_s``; a graceful end
+        waits for the sinks until ``abort()``.
+        """
         self.stop()
+        # Nothing batches frames any more: a file source waiting for room must not wait.
+        self._queues.shut()
         self._adopted.set()  # a reload waiting on this thread must not wait any more
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
         for handle in list(self._sources.values()):
             if handle.thread is not None:
-                handle.thread.join()
+                handle.thread.join(max(0.0, deadline - time.monotonic()))
+                if handle.thread.is_alive():
+                    log.warning("stream %s did not stop in time", handle.config.id)
         # Every frame is classified: streams that still show a label end, so no sink
         # keeps a retained state that nothing watches any more.
         if self._labelling is not None:
             for tracker in self._labelling.trackers.values():
                 self._publish_change(tracker, tracker.finish())
         for worker in self.sinks:
-            if not worker.close(None if not self._abort.is_set() else 1.0):
+            timeout = None if self._error is None else max(0.0, deadline - time.monotonic())
+            if not worker.close(timeout):
                 log.warning("sink %s did not finish in time", worker.sink.name)
         self._done.set()
 
@@ -801,8 +941,9 @@ class Pipeline:
             model=model_info,
             dropped=item.dropped,
         )
-        for worker in self.sinks:
-            worker.put(event, frame)
+        with self._sinks_lock:
+            for worker in self.sinks:
+                worker.put(event, frame)
 
     def _publish_change(self, tracker: LabelTracker, change: ChangeEvent | None) -> None:
         state = tracker.state
@@ -811,8 +952,9 @@ class Pipeline:
         log.debug(
             "stream %s: %s %s -> %s", change.stream, change.type, change.previous, change.label
         )
-        for worker in self.sinks:
-            worker.put_change(change, state)
+        with self._sinks_lock:
+            for worker in self.sinks:
+                worker.put_change(change, state)
 
 
 def new_run_id() -> str:

@@ -115,6 +115,17 @@ class InputStager:
                     self._copy_threads, thread_name_prefix="staging-copy"
                 )
 
+    def close(self) -> None:
+        """Stop the copy threads and free the pinned buffers (after the last batch staged)."""
+        with self._lock:
+            if self._copiers is not None:
+                self._copiers.shutdown(wait=True)
+                self._copiers = None
+            for slot in self._slots:
+                if slot.copied is not None:
+                    slot.copied.synchronize()  # the device has read the slot
+                slot.buffer = slot.copied = None
+
     @property
     def asynchronous(self) -> bool:
         """True where staging returns before the input is on the device (CUDA)."""

@@ -20,10 +20,28 @@ class Sink(Protocol):
     ``lossless`` sinks get every event: when their queue is full the classifier
     waits for them. Other sinks must never block for long (they keep their own
     durable buffer) and their queue drops, counted, when full.
+
+    ``connected``, ``problem`` and ``backlog`` are what readiness (``/readyz``) and
+    the metrics report; they are read from other threads, so they must be cheap.
     """
 
     name: str
     lossless: bool
+
+    @property
+    def connected(self) -> bool:
+        """Whether the sink can deliver now (a sink with nothing to connect to: always)."""
+        ...
+
+    @property
+    def problem(self) -> str | None:
+        """Why the sink is not connected (its last connection error, a dead thread), or None."""
+        ...
+
+    @property
+    def backlog(self) -> int | None:
+        """Messages waiting in the sink's durable outbox; None for a sink without one."""
+        ...
 
     def send(self, event: LabelEvent, frame: Frame) -> None:
         """Deliver one event and the frame it was computed from; may raise SinkError."""
@@ -58,6 +76,11 @@ class AllFramesSink(Sink, Protocol):
     """
 
     all_frames: bool
+
+    @property
+    def unsampled_dropped(self) -> int:
+        """Unsampled frames the sink itself dropped because it was behind."""
+        ...
 
     def send_unsampled(self, frame: UnsampledFrame) -> None:
         """Take a frame the sampler skipped."""

@@ -27,6 +27,21 @@ class CallbackSink:
         self._callback = callback
         self._on_change = on_change
 
+    @property
+    def connected(self) -> bool:
+        """Always True: the sink calls local code, it has no connection to lose."""
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        """Always None (see ``connected``)."""
+        return None
+
+    @property
+    def backlog(self) -> int | None:
+        """None: the sink keeps no outbox."""
+        return None
+
     def send(self, event: LabelEvent, frame: Frame) -> None:
         """Call the callback with the event."""
         if self._callback is not None:

@@ -50,6 +50,21 @@ class LogSink:
         else:
             self._stream = sys.stdout
 
+    @property
+    def connected(self) -> bool:
+        """Always True: the sink writes a local file or stdout, it has no connection to lose."""
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        """Always None (see ``connected``)."""
+        return None
+
+    @property
+    def backlog(self) -> int | None:
+        """None: the sink keeps no outbox."""
+        return None
+
     def send(self, event: LabelEvent, frame: Frame) -> None:
         """Write the event as one line and flush it, so a reader sees whole lines."""
         self._write(event.to_json())

@@ -545,6 +545,10 @@ class MqttSink:
             log.warning("%s; events wait in the outbox %s until it answers", probe.message, path)
         # The publisher logs changes of the connection's state only: not this one again.
         self._state: str | None = probe.message
+        # Why the publisher is not connected (its last failed attempt), for readiness.
+        self._problem: str | None = None if probe.ok else probe.message
+        # Set once if the publisher thread dies: nothing is published any more.
+        self._failure: str | None = None
         # Shared with the sink's thread, under _lock.
         self._lock = threading.Lock()
         self._pipeline = pipeline
@@ -575,6 +579,27 @@ class MqttSink:
             target=self._run, name=f"mqtt-publisher:{config.where}", daemon=True
         )
         self._thread.start()
+
+    # -- health (any thread) ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the publisher is connected to the broker (and alive)."""
+        return self._connected and self._failure is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why nothing is published now: a dead publisher, the last failed connection attempt."""
+        if self._failure is not None:
+            return self._failure
+        if self._connected:
+            return None
+        return self._problem or "not connected to the broker yet"
+
+    @property
+    def backlog(self) -> int:
+        """Messages in the outbox that the broker has not acknowledged."""
+        return self.outbox.pending
 
     # -- the sink protocol (the sink's thread) ---------------------------------------------
 
@@ -635,7 +660,9 @@ class MqttSink:
         waiting = self.outbox.pending
         # A sink that never saw an event or status (its pipeline failed to start) has
         # no pipeline name, so it cannot connect: don't wait for it.
-        draining = self._known.is_set() and self._thread.is_alive()
+        # On a reload the new sink that takes the outbox over publishes what it holds.
+        handing_over = self.outbox.handing_over
+        draining = self._known.is_set() and self._thread.is_alive() and not handing_over
         if waiting and draining and self.config.drain_timeout_s > 0:
             log.info(
                 "%s: waiting up to %g s for the broker to take %d message(s)",
@@ -663,7 +690,7 @@ class MqttSink:
             counters.dropped,
             self.rejected,
         )
-        if left:
+        if left and not handing_over:
             log.warning(
                 "%s: %d message(s) not acknowledged stay in the outbox %s; they are published "
                 "on the next start",
@@ -749,9 +776,15 @@ class MqttSink:
             if pipeline is None:
                 return
             self._publish_loop(pipeline)
-        except Exception:
-            log.exception(
-                "%s: the publisher failed; events stay in the outbox for the next start", self.name
+        except Exception as exc:
+            # Nothing is published from now on: readiness reports it until a restart.
+            self._failure = f"the publisher thread died ({type(exc).__name__}: {exc})"
+            log.error(
+                "%s: %s; nothing is published until labelcast restarts, events stay in the "
+                "outbox for the next start",
+                self.name,
+                self._failure,
+                exc_info=True,
             )
 
     def _publish_loop(self, pipeline: str) -> None:
@@ -823,6 +856,7 @@ class MqttSink:
             log.debug("%s", probe.message)
             return
         self._state = probe.message
+        self._problem = None if probe.ok else probe.message
         if probe.ok:
             log.info(
                 "%s (MQTT %s); %d message(s) wait in the outbox",
@@ -915,10 +949,13 @@ class MqttSink:
     def _leave(self, client: paho.Client, available: str) -> None:
         """Say ``stopped`` and disconnect cleanly, so the broker discards the Last Will."""
         if self._connected:
-            self._leave_mid = client.publish(available, b"stopped", qos=1, retain=True).mid
-            deadline = time.monotonic() + _LEAVE_TIMEOUT_S
-            while not self._leave_acked and self._connected and time.monotonic() < deadline:
-                client.loop(_TICK_S)
+            # A reload's new sink that takes the outbox over says online itself: this one
+            # leaves without a word (the clean disconnect still drops the Last Will).
+            if not self.outbox.handing_over:
+                self._leave_mid = client.publish(available, b"stopped", qos=1, retain=True).mid
+                deadline = time.monotonic() + _LEAVE_TIMEOUT_S
+                while not self._leave_acked and self._connected and time.monotonic() < deadline:
+                    client.loop(_TICK_S)
             self._connected = False
             client.disconnect()
             client.loop(_TICK_S)

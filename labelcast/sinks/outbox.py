@@ -8,16 +8,24 @@ the order they went in (per stream that is ``seq`` order).
 One process owns an outbox file at a time (an advisory lock next to it), and
 all access goes through one SQLite connection guarded by a lock: every
 operation is a short local transaction, so the sink's thread never waits long.
+
+Within a process, a reload hands an outbox over: an ``Outbox`` opened inside
+:func:`hand_over` on a file this process already holds waits for that holder to
+close, then takes its connection over and publishes from the oldest message not
+acknowledged (see :class:`Outbox`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import fcntl
 import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
@@ -42,6 +50,41 @@ CREATE INDEX IF NOT EXISTS messages_retained ON messages (topic) WHERE retain = 
 # outbox bound, within SQLite's usual 1000 pages, so the WAL stays small next to the bound.
 _PAGE = 4096
 _WAL_PAGES_MIN, _WAL_PAGES_MAX = 64, 1000
+
+# The outbox that holds each file this process has open (by resolved path).
+_HOLDERS: dict[Path, Outbox] = {}
+_HOLDERS_LOCK = threading.Lock()
+
+
+@dataclass
+class _HandOverWindow:
+    """Outboxes opened during one :func:`hand_over` block that wait for their holder."""
+
+    successors: list[Outbox] = field(default_factory=list)
+
+
+_WINDOW: contextvars.ContextVar[_HandOverWindow | None] = contextvars.ContextVar(
+    "labelcast_outbox_hand_over", default=None
+)
+
+
+@contextlib.contextmanager
+def hand_over() -> Iterator[None]:
+    """Let outboxes opened in this block (on this thread) take over files this process holds.
+
+    A reload opens its new sinks, switches events to them and closes the sinks they
+    replace, all inside the block. An outbox whose holder did not close by the end
+    of the block was no successor (two sinks of the pipeline share one file): from
+    then on its ``put`` raises SinkError instead of waiting.
+    """
+    window = _HandOverWindow()
+    token = _WINDOW.set(window)
+    try:
+        yield
+    finally:
+        _WINDOW.reset(token)
+        for successor in window.successors:
+            successor._give_up()
 
 
 @dataclass(frozen=True)
@@ -83,6 +126,16 @@ class Outbox:
     the oldest of them. Messages handed out (at most the publisher's in-flight
     window) come on top. Retained messages (status, state) are coalesced per topic,
     only the newest one not handed out is kept, and are never dropped.
+
+    Hand-over (a reload that changes a sink but keeps its outbox file): opened inside
+    :func:`hand_over` on a file this process holds, the outbox *waits*: ``take``
+    returns nothing and ``put`` blocks until the holder closes. The holder's
+    ``handing_over`` is then True; its ``close`` passes the open file to this one
+    instead of releasing it. This one then owns the file and hands out everything
+    not acknowledged, oldest first, including what the holder had handed out (at
+    least once: those may be published twice, never lost). Two publishers never
+    take from one file at once, and every message the holder wrote comes before
+    this one's.
     """
 
     def __init__(
@@ -109,21 +162,25 @@ class Outbox:
         self._handed_bytes = 0
         self._next_expiry_check = 0.0
         self._drop_burst = 0
-        self._lock_file = self._acquire_file_lock()
-        try:
-            self._db = self._open(sync)
-            self._bytes, self._count, self._newest = self._db.execute(
-                "SELECT COALESCE(SUM(size), 0), COUNT(*), COALESCE(MAX(id), 0) FROM messages"
-            ).fetchone()
-        except sqlite3.Error as exc:
-            self._lock_file.close()
-            raise SinkError(
-                f"{name}: cannot open the outbox {self.path} ({exc}); "
-                "move the damaged file away or set outbox.path to another file"
-            ) from exc
-        except BaseException:
-            self._lock_file.close()
-            raise
+        self._bytes = self._count = 0
+        # "open": this outbox owns the file; "waiting": a reload's new outbox waits for
+        # the holder it replaces to close; "refused": that holder never closed.
+        self._state: Literal["open", "waiting", "refused", "closed"] = "open"
+        self._handed = threading.Condition(self._lock)  # the state left "waiting"
+        self._successor: Outbox | None = None  # waiting to take this one over
+        self._holder: Outbox | None = None  # the one this one waits for
+        self._key = self.path.resolve()
+        window = _WINDOW.get()
+        with _HOLDERS_LOCK:
+            holder = _HOLDERS.get(self._key)
+            if window is not None and holder is not None and holder._successor is None:
+                self._state = "waiting"
+                self._holder = holder
+                holder._successor = self
+                window.successors.append(self)
+                return
+            self._open_file(sync)
+            _HOLDERS[self._key] = self
         if self._count:
             log.info(
                 "%s: %d message(s) from an earlier run wait in %s; publishing them first",
@@ -131,6 +188,26 @@ class Outbox:
                 self._count,
                 self.path,
             )
+
+    def _open_file(self, sync: Literal["normal", "full"]) -> None:
+        self._lock_file = self._acquire_file_lock()
+        try:
+            self._db = self._open(sync)
+            self._read_totals()
+        except sqlite3.Error as exc:
+            self._lock_file.close()
+            raise SinkError(
+                f"{self.name}: cannot open the outbox {self.path} ({exc}); "
+                "move the damaged file away or set outbox.path to another file"
+            ) from exc
+        except BaseException:
+            self._lock_file.close()
+            raise
+
+    def _read_totals(self) -> None:
+        self._bytes, self._count, self._newest = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0), COUNT(*), COALESCE(MAX(id), 0) FROM messages"
+        ).fetchone()
 
     def _acquire_file_lock(self) -> IO[bytes]:
         try:
@@ -190,8 +267,17 @@ class Outbox:
         Raises SinkError if the file cannot be written (disk full, file removed).
         """
         size = len(topic.encode()) + len(payload)
-        now = time.time()
         with self._lock:
+            # A reload's new outbox writes only after the one it replaces has closed,
+            # so every message that one wrote comes first.
+            while self._state == "waiting":
+                self._handed.wait()
+            if self._state == "refused":
+                raise SinkError(
+                    f"{self.name}: the outbox {self.path} is in use by another sink of this "
+                    "labelcast process; give each mqtt sink its own outbox.path"
+                )
+            now = time.time()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 if retain:
@@ -224,7 +310,7 @@ class Outbox:
         """
         with self._lock:
             # Most calls find nothing new: answer those without touching the file.
-            if limit <= 0 or self._cursor >= self._newest:
+            if limit <= 0 or self._state != "open" or self._cursor >= self._newest:
                 return []
             try:
                 expired = self._drop_expired()
@@ -275,6 +361,8 @@ class Outbox:
     def peek(self, limit: int = 1_000_000) -> list[StoredMessage]:
         """Return up to ``limit`` messages in the outbox, oldest first, without marking them."""
         with self._lock:
+            if self._state != "open":
+                return []
             rows = self._db.execute(
                 "SELECT id, topic, payload, qos, retain, created FROM messages ORDER BY id LIMIT ?",
                 (limit,),
@@ -284,17 +372,89 @@ class Outbox:
             for row in rows
         ]
 
+    @property
+    def handing_over(self) -> bool:
+        """Whether a reload's new outbox waits to take this one's file over when it closes.
+
+        Its sink need not drain the outbox then, nor say it stopped: the successor
+        publishes everything from where this one stops.
+        """
+        with _HOLDERS_LOCK:
+            return self._successor is not None
+
     def close(self) -> None:
-        """Checkpoint the WAL into the file and release the file and its lock."""
+        """Release the file: to the outbox waiting to take it over, if any, else for good.
+
+        Without a successor the WAL is checkpointed into the file first. A waiting
+        outbox that is closed stops waiting; its holder goes on as before.
+        """
+        with _HOLDERS_LOCK:
+            holder, self._holder = self._holder, None
+            if holder is not None:  # still waiting: the holder keeps its file
+                holder._successor = None
+                with self._lock:
+                    self._state = "closed"
+                    self._handed.notify_all()
+                return
         with self._lock:
+            if self._state != "open":
+                self._state = "closed"
+                return
+            self._state = "closed"
+            self._end_drop_burst()
+            with _HOLDERS_LOCK:
+                successor, self._successor = self._successor, None
+                if successor is not None:
+                    _HOLDERS[self._key] = successor
+                    successor._take_over(self._db, self._lock_file)
+                    return
+                if _HOLDERS.get(self._key) is self:
+                    del _HOLDERS[self._key]
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 log.warning("%s: could not checkpoint %s (%s)", self.name, self.path, exc)
             finally:
                 self._db.close()
-                self._end_drop_burst()
                 self._lock_file.close()
+
+    def _take_over(self, db: sqlite3.Connection, lock_file: IO[bytes]) -> None:
+        """Become the owner of the file the outbox this one waited for has released."""
+        with self._lock:
+            self._holder = None
+            self._db, self._lock_file = db, lock_file
+            # From the oldest message not acknowledged: what the holder had handed out
+            # but not seen acknowledged is published again.
+            self._cursor = self._handed_bytes = 0
+            try:
+                self._read_totals()
+            except sqlite3.Error as exc:
+                log.warning("%s: could not read the outbox totals (%s)", self.name, exc)
+            self._state = "open"
+            self._handed.notify_all()
+        log.info(
+            "%s: took the outbox %s over from the sink it replaces; %d message(s) wait",
+            self.name,
+            self.path,
+            self._count,
+        )
+
+    def _give_up(self) -> None:
+        """Stop waiting: the hand-over window ended and the holder is still open."""
+        with _HOLDERS_LOCK:
+            holder, self._holder = self._holder, None
+            if holder is None:
+                return
+            holder._successor = None
+            with self._lock:
+                self._state = "refused"
+                self._handed.notify_all()
+        log.error(
+            "%s: the outbox %s is in use by another sink of this labelcast process; this "
+            "sink publishes nothing (give each mqtt sink its own outbox.path)",
+            self.name,
+            self.path,
+        )
 
     # -- helpers, called with self._lock held --------------------------------------------
 

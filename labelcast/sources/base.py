@@ -31,7 +31,9 @@ class SourceConfigBase(BaseModel):
         str,
         Field(
             pattern=r"^[A-Za-z0-9_-]+$",
-            description="Stream id, unique in the pipeline; used in event ids and MQTT topics.",
+            max_length=64,
+            description="Stream id (letters, digits, - and _; at most 64 characters), unique "
+            "in the pipeline; used in event ids and MQTT topics.",
         ),
     ]
     sample: Annotated[

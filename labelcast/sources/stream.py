@@ -60,9 +60,11 @@ class StreamSourceConfig(LiveSourceConfigBase):
         dict[str, OptionValue],
         Field(
             default_factory=dict,
+            repr=False,  # may hold a secret (headers, passphrase)
             description=(
                 "FFmpeg options for the input, e.g. {analyzeduration: 500000, "
-                "fflags: nobuffer}; they override labelcast's."
+                "fflags: nobuffer}; they override labelcast's. Values of secret-looking "
+                "keys (passphrase, headers, ...) are never logged."
             ),
         ),
     ]
@@ -225,7 +227,7 @@ class StreamSource(PyAVLiveSource):
             decode=config.decode,
             open_timeout_s=config.open_timeout_s,
             read_timeout_s=config.read_timeout_s,
-            redactor=Redactor.for_url(config.url),
+            redactor=Redactor.for_url(config.url, options=config.options),
         )
 
     @staticmethod
