@@ -12,12 +12,18 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import free_port
+from helpers import check_requirements, free_port, require
 from media import make_clip
-from rtsp_server import RtspServer
+from rtsp_server import RtspServer, missing_requirements
 
 # Nothing is downloaded at test time.
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (under CI=true: fail) tests marked ``requires`` whose component is missing."""
+    check_requirements(item)
+
 
 TINY_LABELS = [
     "tabby, tabby cat",
@@ -104,6 +110,8 @@ def live_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def rtsp_server(live_clip: Path) -> Iterator[Callable[..., RtspServer]]:
     """Start real RTSP server processes (GStreamer) on free loopback ports; killed at the end."""
+    missing = missing_requirements()
+    require("gstreamer-rtsp", missing is None, missing or "")
     servers: list[RtspServer] = []
 
     def start(**kwargs: Any) -> RtspServer:

@@ -1,7 +1,9 @@
-"""Helpers shared by tests: writing configs, running the CLI, reading JSON Lines."""
+"""Helpers shared by tests: writing configs, running the CLI, reading JSON Lines, and
+requiring the real components (servers, browsers, optional packages) some tests need."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -9,9 +11,67 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
 import yaml
+
+# Components CI knowingly runs without (comma-separated names, e.g. "v4l2loopback,cuda"):
+# their tests skip even under CI=true, and say so.
+WITHOUT_VARIABLE = "LABELCAST_TESTS_WITHOUT"
+
+
+def in_ci() -> bool:
+    """Whether the tests run under CI (``CI`` set to anything but empty, 0, false or no)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(component: str, available: bool, why: str) -> None:
+    """Skip the calling test (or module) when ``component`` is missing; fail it under CI.
+
+    Every test that needs a real component (the GStreamer RTSP server, Chromium, aiortc,
+    ONNX Runtime, a CUDA device, ...) asks through here, so that a CI machine missing one
+    fails the run instead of passing with the test silently skipped. ``why`` says what is
+    missing and how to get it. A component named in ``$LABELCAST_TESTS_WITHOUT`` skips
+    even under CI: the CI script then says plainly what it does not test.
+    """
+    if available:
+        return
+    message = f"{component} is missing: {why}"
+    declared = {name.strip() for name in os.environ.get(WITHOUT_VARIABLE, "").split(",")}
+    if in_ci() and component not in declared:
+        pytest.fail(
+            f"CI=true and {message} (install it, or list {component!r} in "
+            f"${WITHOUT_VARIABLE} to skip its tests knowingly)",
+            pytrace=False,
+        )
+    pytest.skip(message, allow_module_level=True)
+
+
+def require_module(name: str, why: str = "") -> ModuleType:
+    """Import and return module ``name``, or ``require`` it (skip; fail under CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        require(name, False, f"{why or 'cannot import it'} ({exc})")
+        raise  # not reached: require skipped or failed
+
+
+def needs(component: str, missing: str | None) -> pytest.MarkDecorator:
+    """Mark a test that needs ``component``; ``missing`` says what lacks (None: nothing).
+
+    tests/conftest.py's ``pytest_runtest_setup`` checks the mark with
+    ``check_requirements`` before the test's fixtures are set up.
+    """
+    return pytest.mark.requires(component, missing)
+
+
+def check_requirements(item: pytest.Item) -> None:
+    """Apply ``require`` to each ``requires(component, missing)`` mark of a test."""
+    for mark in item.iter_markers("requires"):
+        component, missing = mark.args
+        require(component, missing is None, missing or "")
 
 
 def write_config(folder: Path, config: dict[str, Any], name: str = "pipeline.yaml") -> Path:

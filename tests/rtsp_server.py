@@ -15,6 +15,7 @@ The fixture half of this module (``RtspServer``) runs under the test's Python.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import select
 import signal
@@ -63,8 +64,13 @@ def serve(port: int, clip: str, user: str | None, password: str | None) -> None:
     GLib.MainLoop().run()
 
 
+@functools.cache
 def missing_requirements() -> str | None:
-    """Say what the RTSP server needs and this machine lacks, or None if it can run."""
+    """Say what the RTSP server needs and this machine lacks, or None if it can run.
+
+    Probed once per test process (it starts the system Python); tests route the answer
+    through ``helpers.require`` (component ``gstreamer-rtsp``).
+    """
     if not Path(SYSTEM_PYTHON).exists():
         return f"{SYSTEM_PYTHON} not found"
     probe = (
