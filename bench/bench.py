@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-# Not ".cache": labelcast.pipeline.checkpoint skips files under any ".cache" folder.
+# Not ".cache": labelcast.model.checkpoint skips files under any ".cache" folder.
 DEFAULT_WORKDIR = Path(__file__).resolve().parent / ".work"
 SCHEMA = "labelcast.bench/1"
 
@@ -416,7 +416,7 @@ def sampled_count(
     """
     if gop is None:
         return len({sample_slot(i, video_fps, sample_fps) for i in range(frame_count)})
-    from labelcast.pipeline.sampler import SampleConfig, Sampler
+    from labelcast.sources.sampler import SampleConfig, Sampler
 
     sampler = Sampler(SampleConfig(fps=sample_fps))
     keyframes = range(0, frame_count, gop)
@@ -441,7 +441,7 @@ def keep_timing(settings: dict[str, Any], done: int, began: float) -> bool:
 def phase_bare(settings: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from labelcast.pipeline.classifier import Classifier
+    from labelcast.model.classifier import Classifier
 
     classifier = Classifier.load(model_config(settings))
     device = torch.device(classifier.info.device)
@@ -491,12 +491,12 @@ def phase_frames(settings: dict[str, Any]) -> dict[str, Any]:
     again, as labelcast's classifier thread does: ``serial`` classifies one batch after
     another; ``overlapped`` submits the next batch before taking the previous one's
     result, so on CUDA its copy and preprocessing overlap the forward pass (see
-    labelcast/pipeline/staging.py). Off CUDA the two are the same work.
+    labelcast/model/staging.py). Off CUDA the two are the same work.
     """
     import numpy as np
     import torch
 
-    from labelcast.pipeline.classifier import Classifier
+    from labelcast.model.classifier import Classifier
 
     classifier = Classifier.load(model_config(settings))
     device = torch.device(classifier.info.device)
@@ -562,7 +562,7 @@ def phase_e2e(settings: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from labelcast import LabelEvent, Pipeline
-    from labelcast.pipeline.classifier import Classifier
+    from labelcast.model.classifier import Classifier
 
     sources = [
         {
@@ -687,7 +687,7 @@ def phase_naive(settings: dict[str, Any]) -> dict[str, Any]:
 
     transformers_logging.disable_progress_bar()
 
-    from labelcast.pipeline.classifier import resolve_device
+    from labelcast.model.classifier import resolve_device
 
     model_dir = settings["model_dir"]
     device = resolve_device(settings["device"])
@@ -778,7 +778,7 @@ def phase_live(settings: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from labelcast import LabelEvent, Pipeline
-    from labelcast.pipeline.classifier import Classifier
+    from labelcast.model.classifier import Classifier
 
     live = settings["live"]
     streams = len(settings["clips"])
@@ -955,7 +955,7 @@ PHASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def model_config(settings: dict[str, Any]) -> Any:
-    from labelcast.pipeline.classifier import ModelConfig
+    from labelcast.model.classifier import ModelConfig
 
     precision = settings["precision"]
     model: dict[str, Any] = {}

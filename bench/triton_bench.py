@@ -230,7 +230,7 @@ class Server:
 
 def gateway_child(url: str, model_dir: Path, count: int, batch: int) -> int:
     """One gateway process of the two-gateway phase: print its timing as JSON."""
-    from labelcast.pipeline.classifier import Classifier, ModelConfig
+    from labelcast.model.classifier import Classifier, ModelConfig
 
     classifier = Classifier.load(ModelConfig.model_validate(model_section(model_dir, url)))
     images = frames(count)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from labelcast.logs import setup_logging
-    from labelcast.pipeline.classifier import Classifier, ModelConfig
+    from labelcast.model.classifier import Classifier, ModelConfig
 
     setup_logging("WARNING", "text")
     args.workdir.mkdir(parents=True, exist_ok=True)

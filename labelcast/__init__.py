@@ -9,10 +9,16 @@ The public API for embedding::
         print(event.stream, event.seq, event.labels[0].label)
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from labelcast.config import PipelineConfig, load_config, parse_config
 from labelcast.errors import ConfigError, LabelcastError, ModelError, SinkError, SourceError
-from labelcast.pipeline.frames import ChangeEvent, Frame, Label, LabelEvent, LabelState
-from labelcast.pipeline.runner import Pipeline
+from labelcast.frames import ChangeEvent, Frame, Label, LabelEvent, LabelState
+
+if TYPE_CHECKING:
+    from labelcast.pipeline.runner import Pipeline
 
 __all__ = [
     "ChangeEvent",
@@ -30,3 +36,17 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``Pipeline`` on first use (PEP 562).
+
+    It brings in torch and the adapters, which reading a config file (``labelcast
+    check``, ``labelcast schema``, ``import labelcast.config``) does not need.
+    """
+    if name == "Pipeline":
+        from labelcast.pipeline.runner import Pipeline
+
+        globals()[name] = Pipeline  # later lookups skip this function
+        return Pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

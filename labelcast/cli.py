@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from labelcast.config import PipelineConfig, config_schema, load_config
-from labelcast.errors import ConfigError, LabelcastError, ModelError, SinkError, SourceError
+from labelcast.errors import ConfigError, LabelcastError, ModelError, SourceError
 from labelcast.logs import apply_log_config, setup_logging
 
 log = logging.getLogger("labelcast")
@@ -229,29 +228,21 @@ def _reload(config: PipelineConfig) -> int:
 
 
 def _check(config: PipelineConfig) -> int:
-    from labelcast.pipeline.classifier import Classifier
-    from labelcast.pipeline.postprocess import StreamPostprocess
-    from labelcast.pipeline.runner import SINK_CLASSES, SOURCE_CLASSES
+    from labelcast.labels.postprocess import StreamPostprocess
+    from labelcast.model.classifier import Classifier
+    from labelcast.sinks import sink_class
+    from labelcast.sources import source_class
 
     problems: list[str] = []
     for source_config in config.sources:
         try:
-            with SOURCE_CLASSES[source_config.type](source_config):
+            with source_class(source_config.type)(source_config):
                 pass
         except SourceError as exc:
             problems.append(str(exc))
     for sink_config in config.sinks:
-        path = getattr(sink_config, "path", "-")
-        if sink_config.type == "log" and path != "-":
-            folder = Path(path).parent
-            while not folder.exists() and folder != folder.parent:
-                folder = folder.parent
-            if not os.access(folder, os.W_OK):
-                problems.append(str(SinkError(f"log sink: {path} is not writable")))
-        # A sink class may offer a cheap reachability check: check(config) -> problems.
-        sink_check = getattr(SINK_CLASSES.get(sink_config.type), "check", None)
-        if sink_check is not None:
-            problems.extend(sink_check(sink_config))
+        # Each sink kind checks what it cheaply can: a folder writable, a broker reachable.
+        problems.extend(sink_class(sink_config.type).check(sink_config))
     try:
         classifier = Classifier.load(config.model)
         log.info(
@@ -278,7 +269,7 @@ def _check(config: PipelineConfig) -> int:
 
 
 def _model_info(model: str, revision: str | None, *, as_json: bool) -> int:
-    from labelcast.model_info import format_model_info, model_info
+    from labelcast.commands.model_info import format_model_info, model_info
 
     info = model_info(model, revision)
     print(json.dumps(info, indent=2) if as_json else format_model_info(info))
@@ -286,7 +277,7 @@ def _model_info(model: str, revision: str | None, *, as_json: bool) -> int:
 
 
 def _verify(config: PipelineConfig, args: argparse.Namespace) -> int:
-    from labelcast.verify import VerifyThresholds, format_report, verify
+    from labelcast.commands.verify import VerifyThresholds, format_report, verify
 
     thresholds = VerifyThresholds(args.expect_top1, args.tolerance, args.min_agreement)
     report = verify(config, args.images, thresholds)
@@ -295,10 +286,10 @@ def _verify(config: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 def _export(config: PipelineConfig, args: argparse.Namespace) -> int:
-    from labelcast.export import export, format_export
+    from labelcast.commands.export import export, format_export
 
     if args.triton_repo is not None:
-        from labelcast.export import export_triton_repo
+        from labelcast.commands.export import export_triton_repo
 
         result = export_triton_repo(config.model, args.triton_repo, args.quantize)
     else:
@@ -308,7 +299,7 @@ def _export(config: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 def _serve(config: PipelineConfig, args: argparse.Namespace) -> int:
-    from labelcast.serve import serve
+    from labelcast.commands.serve import serve
 
     return serve(config, workspace=args.workspace)
 

@@ -8,40 +8,45 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from yaml.composer import ComposerError
 
 from labelcast.errors import ConfigError
+from labelcast.labels.config import LabelsConfig, SmoothingConfig
 from labelcast.logs import LogConfig
-from labelcast.pipeline.classifier import ModelConfig
-from labelcast.pipeline.postprocess import LabelsConfig
-from labelcast.pipeline.smoothing import SmoothingConfig
+from labelcast.model.config import ModelConfig
 from labelcast.server import ServerConfig
+from labelcast.sinks import SINK_CONFIGS
 from labelcast.sinks.log import LogSinkConfig
-from labelcast.sinks.mqtt import MqttSinkConfig
-from labelcast.sinks.overlay import OverlaySinkConfig
-from labelcast.sources.camera import CameraSourceConfig
-from labelcast.sources.file import FileSourceConfig
-from labelcast.sources.stream import RtspSourceConfig, StreamSourceConfig
-from labelcast.sources.webrtc import WebRTCSourceConfig
+from labelcast.sources import SOURCE_CONFIGS
+from labelcast.sources.base import SourceConfigBase
 
-SourceConfig = Annotated[
-    Union[  # noqa: UP007
-        FileSourceConfig,
-        RtspSourceConfig,
-        StreamSourceConfig,
-        CameraSourceConfig,
-        WebRTCSourceConfig,
-    ],
-    Field(discriminator="type"),
-]
-SinkConfig = Annotated[
-    Union[LogSinkConfig, MqttSinkConfig, OverlaySinkConfig],  # noqa: UP007
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    # mypy cannot read a Union built at run time from the registries; it checks code
+    # against what the pipeline reads of any source (the shared fields and the tag)
+    # and of any sink (the tag). Each adapter is checked against its own model.
+
+    class SourceConfig(SourceConfigBase):
+        """Any source's config (at run time: the union of the registry's models)."""
+
+        type: str
+
+    class SinkConfig(Protocol):
+        """Any sink's config (at run time: the union of the registry's models)."""
+
+        @property
+        def type(self) -> str:
+            """The sink's kind: its registry key."""
+            ...
+
+else:
+    # One model per adapter, told apart by ``type``; adding a kind to a registry adds it
+    # here (and to ``labelcast schema``).
+    SourceConfig = Annotated[Union[SOURCE_CONFIGS], Field(discriminator="type")]  # noqa: UP007
+    SinkConfig = Annotated[Union[SINK_CONFIGS], Field(discriminator="type")]  # noqa: UP007
 
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -56,14 +61,9 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 # The ``type`` tags of each tagged list, for error messages.
-def _tags(union: Any) -> tuple[str, ...]:
-    members = get_args(union)[0]
-    return tuple(m.model_fields["type"].default for m in (get_args(members) or (members,)))
-
-
 _TAGGED_LISTS: dict[str, tuple[str, ...]] = {
-    "sources": _tags(SourceConfig),
-    "sinks": _tags(SinkConfig),
+    "sources": tuple(model.model_fields["type"].default for model in SOURCE_CONFIGS),
+    "sinks": tuple(model.model_fields["type"].default for model in SINK_CONFIGS),
 }
 _TAGS = {tag for tags in _TAGGED_LISTS.values() for tag in tags}
 

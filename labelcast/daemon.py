@@ -13,11 +13,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from labelcast.commands.progress import Progress
 from labelcast.config import PipelineConfig, load_config
 from labelcast.errors import LabelcastError
 from labelcast.pipeline.metrics import CONTENT_TYPE
 from labelcast.pipeline.runner import Pipeline
-from labelcast.progress import Progress
 from labelcast.server import Endpoints, OpsServer
 from labelcast.systemd import Notifier, Watchdog, watchdog_interval_s
 

@@ -30,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from media import make_clip
 
-from labelcast.pipeline.frames import Frame, Label, LabelEvent, ModelInfo, UnsampledFrame
+from labelcast.frames import Frame, Label, LabelEvent, ModelInfo, UnsampledFrame
 from labelcast.sinks.overlay import OverlaySink, OverlaySinkConfig, draw_overlay
 
 SECONDS, FPS, EVERY = 10, 30, 15  # sampled: every 15th frame = 2 fps

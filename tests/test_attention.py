@@ -11,9 +11,9 @@ import torch
 from conftest import PREPROCESSOR_CONFIG, TINY_LABELS
 from media import photo
 
-from labelcast.pipeline.checkpoint import resolve_checkpoint
-from labelcast.pipeline.classifier import Classifier, ModelConfig, load_torch_model
-from labelcast.pipeline.position_bias import CachedPositionBias, cache_position_bias
+from labelcast.model.checkpoint import resolve_checkpoint
+from labelcast.model.classifier import Classifier, ModelConfig, load_torch_model
+from labelcast.model.position_bias import CachedPositionBias, cache_position_bias
 
 # SDPA and the eager softmax(QK^T)V round differently: ~1e-6 in fp32 on the CPU.
 SDPA_MAX_ABS_LOGIT_DIFF = 1e-4

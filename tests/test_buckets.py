@@ -17,9 +17,9 @@ from media import photo
 
 from labelcast.config import load_config
 from labelcast.errors import ConfigError
-from labelcast.pipeline.agreement import agreement
-from labelcast.pipeline.buckets import BatchBuckets, Chunk, pad_batch
-from labelcast.pipeline.classifier import Classifier, ModelConfig, reference_config
+from labelcast.model.agreement import agreement
+from labelcast.model.buckets import BatchBuckets, Chunk, pad_batch
+from labelcast.model.classifier import Classifier, ModelConfig, reference_config
 
 # fp32 on the CPU: a different batch size changes only the rounding (~1e-6 measured).
 FP32_MAX_ABS_LOGIT_DIFF = 1e-4

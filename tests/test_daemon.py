@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtsp_server import missing_requirements
 
 from labelcast import Pipeline, parse_config
-from labelcast.pipeline.classifier import Classifier, ModelConfig
+from labelcast.model.classifier import Classifier, ModelConfig
 from labelcast.systemd import Notifier, Watchdog
 
 needs_rtsp = needs("gstreamer-rtsp", missing_requirements())

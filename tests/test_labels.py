@@ -13,11 +13,11 @@ from conftest import PREPROCESSOR_CONFIG
 from helpers import read_events, run_cli, write_config
 
 from labelcast import ChangeEvent, ConfigError, LabelState, Pipeline, parse_config
+from labelcast.frames import Frame, LabelEvent, ModelInfo, StreamStatus
+from labelcast.labels.groups import GROUP_MAPS, IMAGENET_COARSE
+from labelcast.labels.postprocess import LabelsConfig, Postprocess
+from labelcast.labels.smoothing import LabelTracker, SmoothingConfig
 from labelcast.pipeline.fanout import SinkWorker
-from labelcast.pipeline.frames import Frame, LabelEvent, ModelInfo, StreamStatus
-from labelcast.pipeline.groups import GROUP_MAPS, IMAGENET_COARSE
-from labelcast.pipeline.postprocess import LabelsConfig, Postprocess
-from labelcast.pipeline.smoothing import LabelTracker, SmoothingConfig
 
 REPO = Path(__file__).parent.parent
 IMAGENET_NAMES = [

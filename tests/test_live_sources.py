@@ -27,12 +27,12 @@ from rtsp_server import RtspServer, missing_requirements
 
 import labelcast
 from labelcast.errors import SourceError
-from labelcast.pipeline.classifier import Classifier, ModelConfig
+from labelcast.model.classifier import Classifier, ModelConfig
 from labelcast.redact import Redactor, redact, redact_url
 from labelcast.sources.camera import CameraSource, CameraSourceConfig
 from labelcast.sources.file import FileSource, FileSourceConfig
-from labelcast.sources.live import Backoff, ReconnectConfig
 from labelcast.sources.stream import RtspSource, RtspSourceConfig
+from labelcast.util.backoff import Backoff, ReconnectConfig
 
 PASSWORD = "p@ss:w%rd/1"
 ENCODED = quote(PASSWORD, safe="")  # p%40ss%3Aw%25rd%2F1

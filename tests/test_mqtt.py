@@ -22,7 +22,7 @@ from broker import Broker, Subscriber, TlsFiles, make_tls_files, retained
 from conftest import TINY_LABELS
 
 from labelcast import ConfigError, LabelEvent, Pipeline, SinkError, parse_config
-from labelcast.pipeline.frames import Frame, Label, ModelInfo
+from labelcast.frames import Frame, Label, ModelInfo
 from labelcast.sinks.mqtt import MqttSink, MqttSinkConfig
 from labelcast.sinks.outbox import Outbox
 

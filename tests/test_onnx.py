@@ -18,8 +18,8 @@ from media import photo
 
 from labelcast.config import load_config
 from labelcast.errors import ConfigError
-from labelcast.pipeline.agreement import agreement
-from labelcast.pipeline.classifier import Classifier, ModelConfig
+from labelcast.model.agreement import agreement
+from labelcast.model.classifier import Classifier, ModelConfig
 
 require_module("onnxruntime", "pip install labelcast[onnx]")
 require_module("onnxscript", "pip install labelcast[onnx]")
@@ -208,7 +208,7 @@ def test_backend_settings_that_do_not_fit_are_config_errors(tmp_path, clips, mod
 
 
 def test_export_can_write_the_int8_quantization(tiny_model, tmp_path):
-    from labelcast.export import export
+    from labelcast.commands.export import export
 
     output = tmp_path / "int8.onnx"
     result = export(ModelConfig(id=str(tiny_model)), output, quantize="int8")
@@ -231,9 +231,9 @@ def test_a_missing_onnx_file_is_a_model_error(tiny_model, tmp_path):
 def test_the_torch_export_exporter_is_the_fallback(tiny_model, tmp_path, monkeypatch):
     import torch
 
-    from labelcast.pipeline import onnx_backend
-    from labelcast.pipeline.checkpoint import resolve_checkpoint
-    from labelcast.pipeline.classifier import load_torch_model
+    from labelcast.model.backends import onnxruntime as onnx_backend
+    from labelcast.model.checkpoint import resolve_checkpoint
+    from labelcast.model.classifier import load_torch_model
 
     # Given a torch whose TorchScript exporter fails
     real_export = torch.onnx.export

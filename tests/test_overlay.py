@@ -22,7 +22,7 @@ from helpers import free_port, needs, read_events, run_cli, signal_mid_run, writ
 from rtsp_server import missing_requirements
 
 from labelcast import Pipeline, load_config
-from labelcast.pipeline.frames import (
+from labelcast.frames import (
     ChangeEvent,
     Frame,
     Label,

@@ -44,8 +44,8 @@ from helpers import require
 from media import PHOTOS, photo
 
 from labelcast.errors import ModelError
-from labelcast.pipeline.classifier import Classifier, ModelConfig
-from labelcast.pipeline.preprocess import Preprocessor
+from labelcast.model.classifier import Classifier, ModelConfig
+from labelcast.model.preprocess import Preprocessor
 
 MAX_LEVELS = 2
 MEAN_TOLERANCE = 1e-4

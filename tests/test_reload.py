@@ -22,7 +22,7 @@ from helpers import require, write_config
 from media import photo
 
 from labelcast import LabelEvent, Pipeline, SinkError, load_config
-from labelcast.pipeline.frames import ChangeEvent, LabelState
+from labelcast.frames import ChangeEvent, LabelState
 from labelcast.sinks.outbox import Outbox, hand_over
 
 # -- a removed stream with queued frames ---------------------------------------------------
@@ -350,7 +350,7 @@ def test_ten_model_reloads_on_cuda_leave_one_model_and_no_copy_threads(
     import torch
 
     require("cuda", torch.cuda.is_available(), "no CUDA device")
-    from labelcast.pipeline.staging import MAX_COPY_THREADS
+    from labelcast.model.staging import MAX_COPY_THREADS
 
     # given a pipeline running a checkpoint of ~170 MB (fp32) on CUDA
     directory, link, size = large_model

@@ -22,8 +22,8 @@ from helpers import require, write_config
 from media import photo
 
 from labelcast import LabelEvent, Pipeline, load_config
-from labelcast.pipeline.classifier import Classifier, ModelConfig
-from labelcast.pipeline.frames import ChangeEvent, LabelState
+from labelcast.frames import ChangeEvent, LabelState
+from labelcast.model.classifier import Classifier, ModelConfig
 
 # Seconds a deferred batch "computes": long enough for the sources to queue the next one.
 DEVICE_TIME_S = 0.02

@@ -22,7 +22,7 @@ from conftest import PREPROCESSOR_CONFIG, TINY_LABELS
 from helpers import read_events, run_cli, write_config
 
 from labelcast import LabelEvent, Pipeline, parse_config
-from labelcast.pipeline.classifier import Classifier, ModelConfig
+from labelcast.model.classifier import Classifier, ModelConfig
 
 
 def make_four_channel_beit(directory: Path) -> Path:

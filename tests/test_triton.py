@@ -33,7 +33,7 @@ from triton_server import TritonServer, missing_requirements
 from labelcast import Pipeline, load_config
 from labelcast.config import PipelineConfig
 from labelcast.errors import BatchError, ConfigError, ModelError
-from labelcast.pipeline.classifier import Classifier, ModelConfig
+from labelcast.model.classifier import Classifier, ModelConfig
 
 require_module("tritonclient.grpc", "pip install labelcast[triton]")
 
@@ -528,8 +528,8 @@ def test_export_triton_repo_writes_a_stock_triton_model(tiny_model, server, tmp_
     from tritonclient.grpc import model_config_pb2
 
     from labelcast.cli import _parser
-    from labelcast.export import export_triton_repo, format_export
-    from labelcast.pipeline import triton_backend
+    from labelcast.commands.export import export_triton_repo, format_export
+    from labelcast.model.backends import triton_client as triton_backend
 
     config = write_config(
         tmp_path,
@@ -578,8 +578,8 @@ def test_export_triton_repo_writes_a_stock_triton_model(tiny_model, server, tmp_
 
 
 def _fingerprint(model_dir: Path) -> str:
-    from labelcast.pipeline.checkpoint import resolve_checkpoint
-    from labelcast.pipeline.triton_backend import fingerprint
+    from labelcast.model.backends.triton_served import fingerprint
+    from labelcast.model.checkpoint import resolve_checkpoint
 
     return fingerprint(resolve_checkpoint(str(model_dir), None, allow_pickle=False))
 

@@ -8,7 +8,7 @@ interpreter named by ``$LABELCAST_SERVE_PYTHON``).
 The fixture half (``TritonServer``) runs under the test's Python: it starts the server
 process in a session of its own, waits until its model is ready, and kills, freezes or
 restarts it. Run as a script (with the server venv's Python) this module serves the
-configured model through ``labelcast.serve.serve`` with a fault switch, for the fault
+configured model through ``labelcast.commands.serve.serve`` with a fault switch, for the fault
 tests: a JSON file the test writes, read on every request::
 
     .venv-serve/bin/python tests/triton_server.py CONFIG --control faults.json
@@ -41,7 +41,7 @@ def missing_requirements() -> str | None:
             f"no server Python at {SERVE_PYTHON}: scripts/test.sh makes it "
             "(/usr/bin/python3 -m venv .venv-serve; pip install -e '.[serve]')"
         )
-    probe = "import pytriton.triton, labelcast.serve, torch"
+    probe = "import pytriton.triton, labelcast.commands.serve, torch"
     result = subprocess.run(
         [str(SERVE_PYTHON), "-c", probe],
         capture_output=True,
@@ -228,9 +228,9 @@ class _Faults:
 
 def _serve_with_faults(config_path: str, control: str, workspace: str | None) -> int:
     """Serve the configured model behind the fault switch (server venv only)."""
+    from labelcast.commands.serve import InferFunction, serve
     from labelcast.config import load_config
     from labelcast.logs import setup_logging
-    from labelcast.serve import InferFunction, serve
 
     faults = _Faults(Path(control))
 

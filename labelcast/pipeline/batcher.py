@@ -7,7 +7,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from labelcast.pipeline.frames import Frame
+from labelcast.frames import Frame
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Fan-out of label events, stream states and changes to sinks: a bounded queue and thread each."""
+"""Fan-out of label events, stream states and changes to sinks: a bounded queue and thread each.
+
+:class:`SinkWorker` feeds one sink; :class:`SinkSet` is a pipeline's running sinks, opened
+from the config through the sink registry, switched over by a reload.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from labelcast.config import SinkConfig
 from labelcast.errors import SinkError
-from labelcast.pipeline.frames import (
+from labelcast.frames import (
     ChangeEvent,
     Frame,
     LabelEvent,
@@ -18,9 +24,14 @@ from labelcast.pipeline.frames import (
     StreamStatus,
     UnsampledFrame,
 )
-from labelcast.sinks.base import AllFramesSink, Sink
+from labelcast.sinks import sink_class
+from labelcast.sinks.base import AllFramesSink, Sink, as_sink
+from labelcast.sinks.callback import CallbackSink
+from labelcast.sinks.outbox import hand_over
 
 log = logging.getLogger(__name__)
+# The lines SinkSet logs were the runner's before it was split: they stay on its logger.
+_runner_log = logging.getLogger("labelcast.pipeline.runner")
 
 _CLOSE = None
 _POLL_S = 0.1  # how often a waiting put or close looks at abort()
@@ -54,7 +65,8 @@ class SinkWorker:
     """
 
     def __init__(self, sink: Sink, capacity: int = 256) -> None:
-        self.sink = sink
+        # An object written before the Sink protocol grew a member gets a default for it.
+        self.sink = as_sink(sink)
         self.counters = SinkCounters()
         self._queue: queue.Queue[
             tuple[LabelEvent, Frame] | StreamStatus | _Change | UnsampledFrame | None
@@ -63,10 +75,6 @@ class SinkWorker:
         self._in_frame_drop_burst = False
         self._closing = False
         self._abort = threading.Event()
-        # A sink written before change events existed may lack send_change: it gets none.
-        self._takes_changes = callable(getattr(sink, "send_change", None))
-        if not self._takes_changes:
-            log.warning("sink %s does not take change events; it gets none", sink.name)
         self._thread = threading.Thread(target=self._run, name=f"sink:{sink.name}", daemon=True)
 
     def start(self) -> None:
@@ -105,7 +113,7 @@ class SinkWorker:
     @property
     def wants_all_frames(self) -> bool:
         """Whether the sink takes unsampled frames too (``send_unsampled``)."""
-        return bool(getattr(self.sink, "all_frames", False))
+        return self.sink.all_frames
 
     def put_unsampled(self, item: UnsampledFrame, *, wait: bool) -> None:
         """Hand a frame the sampler skipped to an all-frames sink, in order with its events.
@@ -146,8 +154,6 @@ class SinkWorker:
         classifier: when their queue is full the change is dropped and counted; the
         next change carries the whole state again.
         """
-        if not self._takes_changes:
-            return
         item = _Change(change, state)
         if self.sink.lossless:
             if not self._put_waiting(item, None):
@@ -222,3 +228,115 @@ class SinkWorker:
             self.sink.close()
         except Exception:
             log.exception("sink %s failed to close", self.sink.name)
+
+
+# A running sink with the config it came from (None: the API's callback sink).
+SinkEntry = tuple[SinkConfig | None, SinkWorker]
+
+
+class SinkSet:
+    """A pipeline's running sinks, each fed by a :class:`SinkWorker`, and the hand-off to them.
+
+    Events and changes go out under a lock that a reload also takes to switch sinks,
+    so no event is handed to a sink after the reload has closed it.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[SinkEntry] = []
+        self._lock = threading.Lock()
+
+    @property
+    def entries(self) -> list[SinkEntry]:
+        """The running sinks with the config each came from (a copy)."""
+        return list(self._entries)
+
+    @property
+    def workers(self) -> list[SinkWorker]:
+        """The running sinks' workers, each with its counters."""
+        return [worker for _, worker in self._entries]
+
+    @property
+    def wants_all_frames(self) -> bool:
+        """Whether a running sink takes unsampled frames too."""
+        return any(worker.wants_all_frames for worker in self.workers)
+
+    def open(
+        self,
+        configs: Sequence[SinkConfig],
+        *,
+        on_event: Callable[[LabelEvent], object] | None = None,
+        on_change: Callable[[ChangeEvent, LabelState], object] | None = None,
+    ) -> None:
+        """Open the configured sinks, and one for the application's callbacks if it gave any.
+
+        If a sink fails to open, those opened are closed and the error is raised.
+        """
+        workers = _open(configs)
+        entries: list[SinkEntry] = list(zip(configs, workers, strict=True))
+        if on_event is not None or on_change is not None:
+            callback = SinkWorker(CallbackSink(on_event, on_change=on_change))
+            callback.start()
+            entries.append((None, callback))
+        self._entries = entries
+
+    def replace(
+        self,
+        unchanged: list[SinkEntry],
+        retired: list[SinkEntry],
+        configs: list[SinkConfig],
+        *,
+        timeout: float,
+        switched: Callable[[], None],
+    ) -> list[SinkWorker]:
+        """Open the new sinks, switch events over to them, then close the retired ones.
+
+        New sinks open while the retired ones keep working, so no event falls between
+        them; if one fails to open, those opened are closed, the error is raised and
+        nothing changed. ``switched`` is called once events go to the new sinks. A new
+        MQTT sink whose outbox file a retired one holds takes that outbox over
+        (``outbox.hand_over``): it writes once the retired sink has written what it was
+        handed and closed, and publishes from there. Returns the sinks opened.
+        """
+        if not retired and not configs:
+            return []
+        with hand_over():
+            added = _open(configs)
+            with self._lock:
+                self._entries = unchanged + list(zip(configs, added, strict=True))
+            switched()
+            for _, worker in retired:
+                if not worker.close(timeout):
+                    _runner_log.warning("sink %s did not finish in time", worker.sink.name)
+        return added
+
+    def publish(self, event: LabelEvent, frame: Frame) -> None:
+        """Hand an event and its frame to every sink."""
+        with self._lock:
+            for worker in self.workers:
+                worker.put(event, frame)
+
+    def publish_change(self, change: ChangeEvent, state: LabelState) -> None:
+        """Hand a change of a stream's label and its new state to every sink."""
+        with self._lock:
+            for worker in self.workers:
+                worker.put_change(change, state)
+
+    def publish_status(self, status: StreamStatus) -> None:
+        """Hand a stream's state change to every sink."""
+        for worker in self.workers:
+            worker.put_status(status)
+
+
+def _open(configs: Sequence[SinkConfig]) -> list[SinkWorker]:
+    """Open sinks and start their workers; if one fails, close those opened and raise."""
+    workers: list[SinkWorker] = []
+    try:
+        for config in configs:
+            workers.append(SinkWorker(sink_class(config.type)(config)))
+    except BaseException:
+        for worker in workers:
+            worker.sink.close()
+        raise
+    for worker in workers:
+        worker.start()
+    return workers

@@ -7,21 +7,52 @@ nothing else is instrumented.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterator, Mapping
+from typing import Protocol, cast
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from labelcast.config import PipelineConfig
+from labelcast.pipeline.fanout import SinkWorker
+from labelcast.pipeline.state import StreamStats
 from labelcast.sinks.base import AllFramesSink
-
-if TYPE_CHECKING:
-    from labelcast.pipeline.runner import Pipeline
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Observed(Protocol):
+    """What the metrics read of a pipeline at each scrape (``Pipeline`` is one)."""
+
+    @property
+    def config(self) -> PipelineConfig:
+        """The running config (its ``name`` labels every metric)."""
+        ...
+
+    @property
+    def stats(self) -> Mapping[str, StreamStats]:
+        """Each stream's counters."""
+        ...
+
+    @property
+    def sinks(self) -> list[SinkWorker]:
+        """The running sinks, each with its counters."""
+        ...
+
+    def queue_depth(self, stream: str) -> int:
+        """Return how many sampled frames of ``stream`` wait for the classifier."""
+        ...
+
+    def liveness(self) -> tuple[bool, str]:
+        """Whether the pipeline makes progress, and why not."""
+        ...
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Whether the pipeline is ready, and why not."""
+        ...
 
 
 class PipelineMetrics:
@@ -49,7 +80,7 @@ class PipelineMetrics:
             registry=self.registry,
         )
 
-    def watch(self, pipeline: Pipeline) -> None:
+    def watch(self, pipeline: Observed) -> None:
         """Export the pipeline's counters and gauges, read at each scrape."""
         self.registry.register(_PipelineCollector(pipeline))
 
@@ -59,7 +90,7 @@ class PipelineMetrics:
 
 
 class _PipelineCollector(Collector):
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Observed) -> None:
         self._pipeline = pipeline
 
     def collect(self) -> Iterator[Metric]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from labelcast.pipeline.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
+from labelcast.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
+from labelcast.sinks.base import LocalSink
 
 
-class CallbackSink:
+class CallbackSink(LocalSink):
     """Calls functions with each event and each change on the sink's thread; lossless.
 
     ``callback`` gets every ``LabelEvent``; ``on_change`` (optional) gets every
@@ -15,6 +16,7 @@ class CallbackSink:
     """
 
     lossless = True
+    all_frames = False
 
     def __init__(
         self,
@@ -26,21 +28,6 @@ class CallbackSink:
         self.name = name
         self._callback = callback
         self._on_change = on_change
-
-    @property
-    def connected(self) -> bool:
-        """Always True: the sink calls local code, it has no connection to lose."""
-        return True
-
-    @property
-    def problem(self) -> str | None:
-        """Always None (see ``connected``)."""
-        return None
-
-    @property
-    def backlog(self) -> int | None:
-        """None: the sink keeps no outbox."""
-        return None
 
     def send(self, event: LabelEvent, frame: Frame) -> None:
         """Call the callback with the event."""

@@ -9,7 +9,9 @@ from typing import Annotated, Literal, TextIO
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelcast.errors import SinkError
-from labelcast.pipeline.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
+from labelcast.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
+from labelcast.sinks.base import LocalSink
+from labelcast.util.paths import ensure_folder, writable_folder
 
 
 class LogSinkConfig(BaseModel):
@@ -30,10 +32,18 @@ class LogSinkConfig(BaseModel):
     ] = False
 
 
-class LogSink:
+class LogSink(LocalSink):
     """Appends one JSON line per event; lossless (the pipeline waits for a slow writer)."""
 
     lossless = True
+    all_frames = False
+
+    @staticmethod
+    def check(config: LogSinkConfig) -> list[str]:
+        """Tell ``labelcast check`` whether the file can be written (stdout always can)."""
+        if config.path != "-" and not writable_folder(Path(config.path).parent):
+            return [f"log sink: {config.path} is not writable"]
+        return []
 
     def __init__(self, config: LogSinkConfig) -> None:
         self.name = f"log:{config.path}"
@@ -43,27 +53,12 @@ class LogSink:
         if self._owns_stream:
             path = Path(config.path)
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                ensure_folder(path.parent)
                 self._stream = path.open("a", encoding="utf-8")
             except OSError as exc:
                 raise SinkError(f"log sink: cannot open {config.path} for writing ({exc})") from exc
         else:
             self._stream = sys.stdout
-
-    @property
-    def connected(self) -> bool:
-        """Always True: the sink writes a local file or stdout, it has no connection to lose."""
-        return True
-
-    @property
-    def problem(self) -> str | None:
-        """Always None (see ``connected``)."""
-        return None
-
-    @property
-    def backlog(self) -> int | None:
-        """None: the sink keeps no outbox."""
-        return None
 
     def send(self, event: LabelEvent, frame: Frame) -> None:
         """Write the event as one line and flush it, so a reader sees whole lines."""

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from labelcast.pipeline.frames import Frame, UnsampledFrame
-from labelcast.pipeline.postprocess import LabelsConfig
-from labelcast.pipeline.sampler import SampleConfig
-from labelcast.pipeline.smoothing import SmoothingConfig
+from labelcast.frames import Frame, StreamState, UnsampledFrame
+from labelcast.labels.config import LabelsConfig, SmoothingConfig
+from labelcast.sources.sampler import SampleConfig
 
 # Called with each decoded frame the sampler skipped (see Source.on_unsampled).
 UnsampledTap = Callable[[UnsampledFrame], None]
+# Called by a live source with its new state and why (passwords masked) when it starts
+# reconnecting or comes back.
+StatusCallback = Callable[[StreamState, "str | None"], None]
 
 # ``all`` decodes every frame; ``keyframes`` makes FFmpeg's decoder skip every frame that
 # is not a key frame (``skip_frame=NONKEY``), for streams sampled at or below their
@@ -67,20 +69,19 @@ class SourceConfigBase(BaseModel):
 class Source(Protocol):
     """A stream of sampled frames: a context manager (opening may raise SourceError).
 
-    Constructed as ``cls(config, on_status=callback)``; a live source calls
-    ``on_status(state, reason)`` when it starts reconnecting or comes back (the runner
-    itself reports ``online`` after opening and ``offline`` at the end).
+    Made by a :class:`SourceClass` as ``cls(config, on_status=callback)``; a live source
+    calls ``on_status(state, reason)`` when it starts reconnecting or comes back (the
+    runner itself reports ``online`` after opening and ``offline`` at the end).
     ``frames()`` yields only the frames its sampler takes, so unsampled frames are
     never colour-converted. A file source's iterator ends at the end of the file; a
     live source's never ends on its own. ``live`` tells the runner whether frames may
-    be dropped (oldest first) when the classifier is behind; a source class whose
-    streams differ in that (a file replayed in real time is live) also has a
-    classmethod ``live_for(config)``, and the runner asks :func:`is_live`.
+    be dropped (oldest first) when the classifier is behind; the runner needs that
+    before the source exists, so the class answers it too (``SourceClass.live_for``).
 
-    A source whose ``__enter__`` or ``frames()`` may wait on a network or a device
-    (the live sources) also has ``stop()``: thread-safe and non-blocking, it makes
-    both return soon. The runner calls it when the pipeline stops; it is optional,
-    so sources that never wait long (files) need not have it.
+    ``stop()`` is thread-safe and non-blocking: it makes ``__enter__`` and ``frames()``
+    return soon (a live source waiting on a network or a device, a file being paced or
+    looped). The runner calls it when the pipeline stops; a source with nothing to
+    interrupt makes it a no-op.
 
     ``on_unsampled`` is None unless a sink wants every decoded frame (an overlay sink
     with ``mode: all-frames``): then the runner sets it, and the source calls it with
@@ -90,6 +91,16 @@ class Source(Protocol):
     stream_id: str
     live: bool
     on_unsampled: UnsampledTap | None
+
+    @property
+    def frame_count_hint(self) -> int | None:
+        """How many frames the stream will decode, if known once open (a file's); else None."""
+        ...
+
+    @property
+    def frames_decoded(self) -> int:
+        """Frames decoded so far, sampled or not (read from other threads: cheap)."""
+        ...
 
     def __enter__(self) -> Source: ...
 
@@ -104,14 +115,22 @@ class Source(Protocol):
         """Yield sampled frames until the source ends (files) or the caller stops iterating."""
         ...
 
+    def stop(self) -> None:
+        """Make ``__enter__`` and ``frames()`` return soon; thread-safe, returns at once."""
+        ...
 
-def is_live(source_class: object, config: SourceConfigBase) -> bool:
-    """Whether streams ``source_class`` makes from ``config`` are live (drop oldest when behind).
 
-    The class's ``live_for(config)`` decides where it has one, else its ``live`` attribute.
-    The runner needs this before the source exists, to set up the stream's queue.
+class SourceClass(Protocol):
+    """A source kind's class: makes sources of its config, and says whether they are live.
+
+    ``config`` is the kind's own config model (``FileSourceConfig`` for ``file``): typed
+    ``Any`` here because each class takes only its own, which the registry guarantees.
     """
-    live_for = getattr(source_class, "live_for", None)
-    if callable(live_for):
-        return bool(live_for(config))
-    return bool(getattr(source_class, "live", False))
+
+    def __call__(self, config: Any, *, on_status: StatusCallback | None = None) -> Source:
+        """Make a source of ``config`` (nothing is opened until ``__enter__``)."""
+        ...
+
+    def live_for(self, config: Any) -> bool:
+        """Whether streams of ``config`` are live: dropped from, oldest first, when behind."""
+        ...

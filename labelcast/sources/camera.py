@@ -7,13 +7,12 @@ any live stream; the device is opened by one connection at a time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from labelcast.pipeline.frames import StreamState
 from labelcast.redact import Redactor
+from labelcast.sources.base import StatusCallback
 from labelcast.sources.live import Connection, LiveSourceConfigBase
 from labelcast.sources.stream import OptionValue, PyAVLiveSource, ffmpeg_options
 
@@ -74,7 +73,7 @@ class CameraSource(PyAVLiveSource):
     def __init__(
         self,
         config: CameraSourceConfig,
-        on_status: Callable[[StreamState, str | None], None] | None = None,
+        on_status: StatusCallback | None = None,
     ) -> None:
         options: dict[str, OptionValue] = {}
         if config.width is not None and config.height is not None:

@@ -6,23 +6,24 @@ import logging
 import stat
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import av
-import av.container
-import av.error
-import av.video.stream
-import numpy as np
-import numpy.typing as npt
 from pydantic import Field
 
 from labelcast.errors import SourceError
-from labelcast.pipeline.frames import Frame, StreamState, UnsampledFrame
-from labelcast.pipeline.sampler import Sampler
-from labelcast.sources.base import DecodeMode, SourceConfigBase, UnsampledTap
+from labelcast.frames import Frame, UnsampledFrame
+from labelcast.sources.base import DecodeMode, SourceConfigBase, StatusCallback, UnsampledTap
+from labelcast.sources.sampler import Sampler
+
+if TYPE_CHECKING:
+    # Annotations only: PyAV and NumPy load when a file is opened, not with the config.
+    import av.container
+    import av.video.stream
+    import numpy as np
+    import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class FileSource:
     def __init__(
         self,
         config: FileSourceConfig,
-        on_status: Callable[[StreamState, str | None], None] | None = None,
+        on_status: StatusCallback | None = None,
     ) -> None:
         # A file is online while open and offline once read: the runner reports both,
         # so ``on_status`` (for states in between, like reconnecting) goes unused here.
@@ -113,6 +114,8 @@ class FileSource:
         return self
 
     def _open(self) -> None:
+        import av
+
         self._check_is_a_file()
         try:
             self._container = av.open(str(self._path), mode="r")
@@ -199,6 +202,8 @@ class FileSource:
         Returns how long the pass lasts in pts (first frame to the end of the last), or
         None when the stream must end here: stopped, damaged, or nothing decoded.
         """
+        import av.error
+
         container, stream = self._container, self._stream
         assert container is not None and stream is not None  # frames() checked
         rate = float(stream.average_rate or 25)

@@ -13,24 +13,27 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import av
-import numpy as np
-import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from labelcast.errors import SourceError
-from labelcast.pipeline.frames import Frame, StreamState, UnsampledFrame
-from labelcast.pipeline.sampler import Sampler
+from labelcast.frames import Frame, StreamState, UnsampledFrame
 from labelcast.redact import Redactor
-from labelcast.sources.base import SourceConfigBase, UnsampledTap
+from labelcast.sources.base import SourceConfigBase, StatusCallback, UnsampledTap
+from labelcast.sources.sampler import Sampler
+from labelcast.util.backoff import Backoff, ReconnectConfig
+
+if TYPE_CHECKING:
+    # Annotations only: PyAV and NumPy load when a stream is decoded, not with the config.
+    import av
+    import numpy as np
+    import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +45,6 @@ _POLL_S = 0.1
 _HANDOFF = 4
 # How long closing a source waits for its producer to let go of the stream.
 _CLOSE_WAIT_S = 0.5
-# A delay is shortened by up to this fraction at random, so cameras behind one switch
-# that went down together do not all reconnect in the same instant.
-_JITTER = 0.25
-
-StatusCallback = Callable[[StreamState, "str | None"], None]
-
-
-class ReconnectConfig(BaseModel):
-    """Delays between connection attempts: from ``min_s``, doubling per failure, up to ``max_s``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_s: Annotated[
-        float, Field(gt=0, le=3600, description="Delay before the first retry, in seconds.")
-    ] = 1.0
-    max_s: Annotated[
-        float, Field(gt=0, le=3600, description="Longest delay between retries, in seconds.")
-    ] = 60.0
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ReconnectConfig:
-        if self.min_s > self.max_s:
-            raise ValueError("min_s must not exceed max_s")
-        return self
 
 
 class WatchedSourceConfigBase(SourceConfigBase):
@@ -88,31 +67,6 @@ class LiveSourceConfigBase(WatchedSourceConfigBase):
         ReconnectConfig,
         Field(description="Jittered exponential backoff between connection attempts."),
     ] = ReconnectConfig()
-
-
-class Backoff:
-    """Jittered exponential backoff with a cap: ``min_s``, doubled per failure, up to ``max_s``.
-
-    Each delay is shortened by a random 0-25 % (see ``_JITTER``); ``reset()`` after a
-    success starts again from ``min_s``.
-    """
-
-    def __init__(self, config: ReconnectConfig, rng: random.Random | None = None) -> None:
-        self._min = config.min_s
-        self._max = config.max_s
-        self._failures = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        """Return the delay before the next attempt and count one more failure."""
-        # Capping the exponent keeps 2**n finite after days of failures.
-        base = min(self._max, self._min * 2 ** min(self._failures, 64))
-        self._failures += 1
-        return float(base * (1.0 - _JITTER * self._rng.random()))
-
-    def reset(self) -> None:
-        """Start again from ``min_s`` (the stream is back)."""
-        self._failures = 0
 
 
 @dataclass(frozen=True)
@@ -211,6 +165,8 @@ class LiveSource:
     """
 
     live = True
+    # A live stream has no end, so no frame count to show progress against.
+    frame_count_hint: int | None = None
     # Whether a new connection must wait until the previous producer let go of the
     # stream (a V4L2 device can be opened only once).
     _exclusive = False
@@ -244,6 +200,11 @@ class LiveSource:
         self._online = False
         self._state: StreamState | None = None
         self._attempts = 0
+
+    @classmethod
+    def live_for(cls, config: WatchedSourceConfigBase) -> bool:
+        """Return True: a live stream drops its oldest frames when the classifier is behind."""
+        return True
 
     # The hooks subclasses implement.
 

@@ -11,18 +11,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import av
-import av.container
-import av.error
 from pydantic import Field, field_validator
 
-from labelcast.pipeline.frames import StreamState
 from labelcast.redact import Redactor, redact_url
-from labelcast.sources.base import DecodeMode
+from labelcast.sources.base import DecodeMode, StatusCallback
 from labelcast.sources.live import Connection, LiveSource, LiveSourceConfigBase, Picture
+
+if TYPE_CHECKING:
+    import av.container
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ class PyAVLiveSource(LiveSource):
     def __init__(
         self,
         config: LiveSourceConfigBase,
-        on_status: Callable[[StreamState, str | None], None] | None,
+        on_status: StatusCallback | None,
         *,
         location: str,
         input_format: str | None,
@@ -131,6 +130,9 @@ class PyAVLiveSource(LiveSource):
 
     def _read(self, conn: Connection) -> None:
         """Open, demux and decode until the stream ends, fails or ``conn`` is closed."""
+        # PyAV loads with the first stream opened, never with the config (see sources/).
+        import av
+
         try:
             container = av.open(
                 self._location,
@@ -152,6 +154,8 @@ class PyAVLiveSource(LiveSource):
 
     def _pump(self, conn: Connection, container: av.container.InputContainer) -> str | None:
         """Feed ``conn`` from an open container; return why the stream ended."""
+        import av.error
+
         if not container.streams.video:
             return f"{self._target()} has no video stream"
         stream = container.streams.video[0]
@@ -193,6 +197,8 @@ class PyAVLiveSource(LiveSource):
         return f"{self._target()}: the stream ended"
 
     def _open_error(self, exc: BaseException, elapsed: float) -> str:
+        import av.error
+
         # FFmpeg reports its own interrupt (our timeout) as various errors; the clock
         # says what happened.
         if isinstance(exc, av.error.ExitError) or elapsed >= self._open_s * 0.95:
@@ -200,6 +206,8 @@ class PyAVLiveSource(LiveSource):
         return self.describe_error(exc)
 
     def _read_error(self, exc: BaseException) -> str:
+        import av.error
+
         if isinstance(exc, av.error.ExitError):
             return f"no data for {self._read_s:g} s"
         return self.describe_error(exc)
@@ -216,7 +224,7 @@ class StreamSource(PyAVLiveSource):
     def __init__(
         self,
         config: StreamSourceConfig,
-        on_status: Callable[[StreamState, str | None], None] | None = None,
+        on_status: StatusCallback | None = None,
     ) -> None:
         super().__init__(
             config,

@@ -1,10 +1,11 @@
-"""HTTP helpers shared by the operations endpoint and the overlay preview.
+"""HTTP helpers shared by the operations endpoint, the overlay preview and WHIP ingest.
 
-``parse_bind`` reads ``host:port`` / ``[v6]:port`` addresses (config validators call it,
-so a bad bind is a config error, never a traceback); ``BoundedHTTPServer`` is a
-``ThreadingHTTPServer`` that listens on IPv4 or IPv6, names its daemon request threads,
-times requests out and refuses oversized request heads; ``check_basic_auth`` checks an
-``Authorization: Basic`` header in constant time.
+``parse_bind`` reads ``host:port`` / ``[v6]:port`` addresses and ``parse_host`` a host
+alone (config validators call them, so a bad bind is a config error, never a
+traceback); ``BoundedHTTPServer`` is a ``ThreadingHTTPServer`` that listens on IPv4 or
+IPv6, names its daemon request threads, times requests out and refuses oversized
+request heads; ``check_basic_auth`` checks an ``Authorization: Basic`` header in
+constant time.
 """
 
 from __future__ import annotations
@@ -64,6 +65,30 @@ def parse_bind(text: str, field: str, *, allow_ephemeral: bool = True) -> tuple[
     if not lowest <= port <= 65535:
         raise ValueError(f"{prefix}port {port} is out of range ({lowest}..65535)")
     return host, port
+
+
+def parse_host(text: str) -> str:
+    """Check a host name or address given without a port; return it without brackets.
+
+    Raises ValueError for whitespace, a path, or a colon that is not part of an IPv6
+    address (a ``host:port`` where only the host belongs).
+    """
+    host = text.removeprefix("[").removesuffix("]")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ValueError("expected an address or host name, e.g. 127.0.0.1 or ::1")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(
+                "expected an address or host name without a port (the port is `port`)"
+            ) from None
+    return host
+
+
+def address_family(host: str) -> socket.AddressFamily:
+    """Return the socket family to listen on ``host`` (no brackets) with: IPv6 for IPv6."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _valid_bind(text: str) -> str:
@@ -219,7 +244,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     ) -> None:
         host = address[0]
         # Instance attribute, set before the socket is made in TCPServer.__init__.
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.address_family = address_family(host)
         self.thread_name = thread_name
         self.request_timeout_s = request_timeout_s
         self.max_header_bytes = max_header_bytes

@@ -1,0 +1,1 @@
+"""The implementations of the `labelcast` subcommands beyond `run` and `check`."""

@@ -1,0 +1,1 @@
+"""Label semantics: post-processing of scores, label groups, smoothing and change events."""

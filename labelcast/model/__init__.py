@@ -1,0 +1,1 @@
+"""The model: checkpoint resolution, preprocessing, staging and the inference backends."""

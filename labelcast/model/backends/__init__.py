@@ -1,0 +1,1 @@
+"""Inference backends (torch, ONNX Runtime, Triton) behind one Backend protocol."""

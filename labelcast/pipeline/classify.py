@@ -1,0 +1,341 @@
+"""The classifier thread: batches from the queues, the backend's scores, events to the sinks.
+
+It asks the backend only what the Backend protocol offers: ``submit`` a batch (one stays
+in flight while the next is formed when the backend ``overlaps``), then ``result()``. A
+reload hands it new label rules (and maybe a new backend) with :meth:`ClassifyLoop.adopt`;
+it takes them between two batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from labelcast.config import PipelineConfig
+from labelcast.errors import BatchError, LabelcastError
+from labelcast.frames import ChangeEvent, Label, LabelEvent, ModelInfo
+from labelcast.labels.postprocess import StreamPostprocess
+from labelcast.labels.smoothing import LabelTracker
+from labelcast.model.backends.base import Backend, Pending
+from labelcast.model.selfcheck import run_self_check, self_check_wanted
+from labelcast.pipeline.batcher import QueuedFrame
+from labelcast.pipeline.metrics import PipelineMetrics
+from labelcast.pipeline.state import BatchStats, PipelineState
+from labelcast.sources import source_class
+
+# These lines were the runner's before it was split, and they stay on its logger (tests
+# count the frames a reload dropped from it).
+log = logging.getLogger("labelcast.pipeline.runner")
+
+
+@dataclass
+class Labelling:
+    """What turns a batch's probabilities into events: model, label rules, trackers."""
+
+    backend: Backend
+    postprocess: StreamPostprocess
+    trackers: dict[str, LabelTracker]
+    model_info: ModelInfo
+
+
+def build_labelling(
+    config: PipelineConfig, backend: Backend, previous: Labelling | None, state: PipelineState
+) -> Labelling:
+    """Build each stream's postprocess and tracker (its labels and smoothing overrides).
+
+    A stream whose rules, model and pipeline name are unchanged from ``previous`` (built
+    for ``state.config``, the running config) keeps its tracker, so a reload does not
+    reset its state.
+    """
+    current = state.config
+    rules = {source.id: config.stream_labels(source.id) for source in config.sources}
+    postprocess = StreamPostprocess(
+        {stream: labels for stream, (labels, _) in rules.items()}, backend.id2label
+    )
+    trackers: dict[str, LabelTracker] = {}
+    for source in config.sources:
+        labels, smoothing = rules[source.id]
+        if (
+            previous is not None
+            and previous.backend is backend
+            and config.name == current.name
+            and source.id in previous.trackers
+            and _rules_of(current, source.id) == rules[source.id]
+        ):
+            trackers[source.id] = previous.trackers[source.id]
+            continue
+        live = source_class(source.type).live_for(source)
+        trackers[source.id] = LabelTracker(
+            smoothing,
+            postprocess.of(source.id).names,
+            labels.min_score,
+            pipeline=config.name,
+            stream=source.id,
+            run=state.run_id,
+            clock=smoothing.resolved_clock(live),
+        )
+    info = backend.info
+    model_info = ModelInfo(info.id, info.revision, info.precision)
+    return Labelling(backend, postprocess, trackers, model_info)
+
+
+def _rules_of(config: PipelineConfig, stream: str) -> tuple[object, object] | None:
+    if any(source.id == stream for source in config.sources):
+        return config.stream_labels(stream)
+    return None
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """A batch handed to the backend: ``pending.result()`` waits for its scores."""
+
+    batch: list[QueuedFrame]
+    labelling: Labelling
+    started: float  # time.perf_counter() at submission
+    pending: Pending
+
+
+class ClassifyLoop:
+    """The classifier thread's work: :meth:`run` until the queues end or ``abort``.
+
+    ``heartbeat`` is when it last went round (liveness reads it); ``error`` is the
+    unexpected error that ended it, if any; ``labelling`` what it classifies with now.
+    """
+
+    def __init__(
+        self,
+        state: PipelineState,
+        labelling: Labelling,
+        metrics: PipelineMetrics,
+        batch_stats: BatchStats,
+    ) -> None:
+        self.labelling = labelling
+        self.heartbeat = time.monotonic()
+        self.error: BaseException | None = None
+        self._state = state
+        self._metrics = metrics
+        self._batch_stats = batch_stats
+        self._pending: Labelling | None = None  # handed over by a reload
+        self._adopted = threading.Event()
+        self._seqs: dict[str, int] = {}  # events per stream, across reloads
+
+    def run(self) -> None:
+        """Classify batches until every stream has ended, or ``abort``; errors end it too.
+
+        An unexpected error is logged (one line) and kept in ``error``; it is not raised.
+        """
+        self_check_pending = True
+        state = self._state
+        queues = state.queues
+        # With backend.overlaps one batch stays in flight on the device while the next is
+        # formed and staged; its events are published once the next is submitted.
+        in_flight: _Submitted | None = None
+        try:
+            while True:
+                if state.abort.is_set():
+                    break  # abort(): queued frames are not classified any more
+                self.heartbeat = time.monotonic()
+                in_flight = self._complete_before_reload(in_flight)
+                labelling = self._take_pending()
+                batching = state.config.model.batch
+                if in_flight is None:
+                    batch = queues.next_batch(batching.max_size, batching.max_wait_ms / 1000)
+                else:
+                    # The device is busy: take only frames already queued, so the batch in
+                    # flight is not held back waiting for more.
+                    batch = queues.next_batch(batching.max_size, 0.0, idle_s=0.0)
+                if not batch and in_flight is not None:
+                    # Nothing queued (or all ended): publish the batch in flight first.
+                    self._complete(in_flight)
+                    in_flight = None
+                    continue
+                if batch is None:
+                    # Frames of failed batches that no later event reported still count.
+                    for stream, frames in queues.take_unreported_failed().items():
+                        if stream in state.stats:
+                            state.stats[stream].dropped += frames
+                    break
+                if not batch:
+                    continue
+                in_flight = self._complete_before_reload(in_flight)
+                labelling = self._take_pending(batch)
+                self._count_batch(batch)
+                images = [item.frame.image for item in batch]
+                backend = labelling.backend
+                if self_check_pending:
+                    self_check_pending = False
+                    if self_check_wanted(state.config.model, backend):
+                        run_self_check(state.config.model, backend, images)
+                started = time.perf_counter()
+                try:
+                    # A synchronous backend returns a completed batch; a remote one stops
+                    # waiting for its server on abort().
+                    pending = backend.submit(images, stop=state.abort)
+                except BatchError as exc:
+                    # A remote model server kept failing this batch (docs/scaling.md): its
+                    # frames count as dropped, in each stream's next event; the pipeline goes on.
+                    log.warning("%s", exc)
+                    for item in batch:
+                        queues.count_failed(item.frame.stream, item.dropped + 1)
+                    continue
+                submitted = _Submitted(batch, labelling, started, pending)
+                if in_flight is not None:
+                    self._complete(in_flight)
+                    in_flight = None
+                if backend.overlaps:
+                    in_flight = submitted
+                else:
+                    self._complete(submitted)
+        except LabelcastError as exc:
+            self.error = exc
+            log.error("%s", exc)
+        except BaseException as exc:
+            self.error = exc
+            # One line that names the cause; the traceback is for --log-level DEBUG
+            # (and wait() raises the error itself).
+            log.error(
+                "the classifier failed, stopping the pipeline: %s: %s", type(exc).__name__, exc
+            )
+            log.debug("the classifier's error", exc_info=exc)
+
+    def adopt(self, labelling: Labelling) -> bool:
+        """Hand new rules to the classifier thread; return whether it took them in time."""
+        config = self._state.config
+        self._adopted.clear()
+        self._pending = labelling
+        if not self._adopted.wait(config.shutdown_timeout_s + config.classifier_stall_s):
+            log.warning("the classifier did not take the new configuration in time")
+            return False
+        # The classifier thread also sets it when it ends, without taking anything.
+        return self.labelling is labelling
+
+    def release(self) -> None:
+        """Let a reload waiting in :meth:`adopt` go on: the classifier thread has ended."""
+        self._adopted.set()
+
+    def end_states(self) -> None:
+        """End every stream's label state (once every frame is classified).
+
+        So no sink keeps a retained state that nothing watches any more.
+        """
+        for tracker in self.labelling.trackers.values():
+            self._publish_change(tracker, tracker.finish())
+
+    def _take_pending(self, batch: Sequence[QueuedFrame] = ()) -> Labelling:
+        """Adopt the labelling a reload handed over, if any; return the one to use now.
+
+        A ``batch`` already formed that holds frames of a stream the new labelling
+        does not know (a reload removed it) is classified under the current one: the
+        new one is adopted before the next batch.
+        """
+        current = self.labelling
+        pending = self._pending
+        if pending is None or any(item.frame.stream not in pending.trackers for item in batch):
+            return current
+        self._pending = None
+        # Streams that are gone end their state, so no retained state is left behind.
+        for stream, tracker in current.trackers.items():
+            if pending.trackers.get(stream) is not tracker:
+                self._publish_change(tracker, tracker.finish())
+        self.labelling = pending
+        self._adopted.set()
+        return pending
+
+    def _complete_before_reload(self, in_flight: _Submitted | None) -> _Submitted | None:
+        """Publish the batch in flight if a reload waits (it goes out under its own rules).
+
+        Returns what is still in flight.
+        """
+        if in_flight is not None and self._pending is not None:
+            self._complete(in_flight)
+            return None
+        return in_flight
+
+    def _complete(self, submitted: _Submitted) -> None:
+        """Wait for a submitted batch's scores and publish its events and label changes."""
+        probs = submitted.pending.result()
+        # With a batch in flight this includes the time it queued behind the one before.
+        self._metrics.model_seconds.observe(time.perf_counter() - submitted.started)
+        labelling = submitted.labelling
+        # Frames of a stream a reload removed that were still queued when the classifier
+        # adopted the new rules (the reload waits at most shutdown_timeout_s for them)
+        # have no rules any more: they are dropped, and counted here.
+        rows = [
+            i for i, item in enumerate(submitted.batch) if item.frame.stream in labelling.trackers
+        ]
+        if len(rows) < len(submitted.batch):
+            self._drop_removed(
+                [item for item in submitted.batch if item.frame.stream not in labelling.trackers]
+            )
+            probs = probs[rows]
+        batch = [submitted.batch[i] for i in rows]
+        streams = [item.frame.stream for item in batch]
+        for item, (labels, scores) in zip(
+            batch, labelling.postprocess.run(streams, probs), strict=True
+        ):
+            frame = item.frame
+            seq = self._seqs.get(frame.stream, 0) + 1
+            self._seqs[frame.stream] = seq
+            self._publish(item, labels, seq, labelling.model_info)
+            tracker = labelling.trackers[frame.stream]
+            change = tracker.update(scores, seq=seq, pts=frame.pts, captured_at=frame.captured_at)
+            self._publish_change(tracker, change)
+
+    @staticmethod
+    def _drop_removed(items: Sequence[QueuedFrame]) -> None:
+        """Count and log frames of removed streams that can no longer be classified."""
+        dropped: dict[str, int] = {}
+        for item in items:
+            dropped[item.frame.stream] = dropped.get(item.frame.stream, 0) + 1 + item.dropped
+        for stream, frames in dropped.items():
+            log.warning(
+                "stream %s: dropped %d frame(s) still queued when a reload removed the stream "
+                "(not classified within shutdown_timeout_s)",
+                stream,
+                frames,
+            )
+
+    def _count_batch(self, batch: list[QueuedFrame]) -> None:
+        stats = self._batch_stats
+        stats.batches += 1
+        stats.frames += len(batch)
+        stats.largest = max(stats.largest, len(batch))
+        if len({item.frame.stream for item in batch}) > 1:
+            stats.multi_stream += 1
+        self._metrics.batch_size.observe(len(batch))
+
+    def _publish(
+        self, item: QueuedFrame, labels: tuple[Label, ...], seq: int, model_info: ModelInfo
+    ) -> None:
+        state = self._state
+        frame = item.frame
+        stats = state.stats[frame.stream]
+        stats.classified += 1
+        stats.dropped += item.dropped
+        latency_s = time.time() - frame.captured_at
+        self._metrics.latency_seconds.observe(latency_s)
+        event = LabelEvent(
+            pipeline=state.config.name,
+            run=state.run_id,
+            stream=frame.stream,
+            seq=seq,
+            pts=frame.pts,
+            captured_at=frame.captured_at,
+            latency_ms=latency_s * 1000.0,
+            labels=labels,
+            model=model_info,
+            dropped=item.dropped,
+        )
+        self._state.sinks.publish(event, frame)
+
+    def _publish_change(self, tracker: LabelTracker, change: ChangeEvent | None) -> None:
+        state = tracker.state
+        if change is None or state is None:
+            return
+        log.debug(
+            "stream %s: %s %s -> %s", change.stream, change.type, change.previous, change.label
+        )
+        self._state.sinks.publish_change(change, state)

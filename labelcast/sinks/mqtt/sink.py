@@ -1,0 +1,247 @@
+"""The MQTT sink: label events to a broker through a durable outbox; availability; HA discovery.
+
+``send`` only appends to the on-disk outbox (a local SQLite transaction), so the
+pipeline never waits for the network. A publisher thread (``publisher.py``) connects,
+publishes the outbox in order with the configured QoS, and removes each message once
+the broker acknowledges it; it reconnects with jittered exponential backoff. See
+docs/mqtt.md for the topics, payloads and the exact delivery promise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from labelcast.errors import SinkError
+from labelcast.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
+from labelcast.sinks.mqtt.config import MqttSinkConfig
+from labelcast.sinks.mqtt.connection import probe_broker, tls_context
+from labelcast.sinks.mqtt.discovery import discovery_message
+from labelcast.sinks.mqtt.publisher import Publisher, RetainedSession
+from labelcast.sinks.outbox import Outbox
+from labelcast.util.paths import writable_folder
+
+log = logging.getLogger(__name__)
+
+
+def default_outbox_path(config: MqttSinkConfig) -> Path:
+    """Where the outbox lives unless ``outbox.path`` says otherwise."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    key = f"{config.host}_{config.broker_port}_{config.topic_prefix}_{config.client_id or ''}"
+    key = re.sub(r"[^A-Za-z0-9_.-]+", "-", key).strip("-_")
+    return Path(state) / "labelcast" / f"mqtt-outbox-{key}.sqlite"
+
+
+def outbox_path(config: MqttSinkConfig) -> Path:
+    """Return the outbox file of ``config``: ``outbox.path``, or the default one."""
+    return Path(config.outbox.path) if config.outbox.path else default_outbox_path(config)
+
+
+class MqttSink:
+    """Publishes label events (QoS 1 by default) through a durable outbox; lossless, never blocks.
+
+    Topics under ``<prefix>/<pipeline>``: ``available`` (retained ``online`` /
+    ``stopped`` / Last Will ``offline``), and per stream ``<stream>/status``
+    (retained JSON) and ``<stream>/labels`` (one label event per message).
+
+    Construction checks TLS and the login once: a certificate that is not trusted
+    or a refused password raises SinkError (fail closed); a broker that is merely
+    unreachable is logged, and events wait in the outbox until it answers.
+
+    The pipeline name (part of every topic and of the Last Will) comes from the
+    first event or status, unless ``pipeline`` is given.
+    """
+
+    lossless = True
+    all_frames = False
+
+    def __init__(self, config: MqttSinkConfig, pipeline: str | None = None) -> None:
+        self.config = config
+        self.name = f"mqtt:{config.where}"
+        context = tls_context(config.tls) if config.tls is not None else None
+        path = outbox_path(config)
+        self.outbox = Outbox(
+            path,
+            max_bytes=config.outbox.max_bytes,
+            max_age_s=config.outbox.max_age_s,
+            sync=config.outbox.sync,
+            name=f"mqtt sink {config.where}",
+        )
+        try:
+            probe = probe_broker(config, context=context)
+            if probe.fatal:
+                raise SinkError(probe.message)
+            self._session = RetainedSession()
+            self._publisher = Publisher(
+                config,
+                self.outbox,
+                name=self.name,
+                context=context,
+                session=self._session,
+                probe=probe,
+            )
+        except BaseException:
+            self.outbox.close()
+            raise
+        if not probe.ok:
+            log.warning("%s; events wait in the outbox %s until it answers", probe.message, path)
+        # The pipeline and the streams seen so far, on the sink's thread.
+        self._streams: set[str] = set()
+        if pipeline is not None:
+            self._publisher.know(pipeline)
+        self._publisher.start()
+
+    # -- health (any thread) ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the publisher is connected to the broker (and alive)."""
+        return self._publisher.connected
+
+    @property
+    def problem(self) -> str | None:
+        """Why nothing is published now: a dead publisher, the last failed connection attempt."""
+        return self._publisher.problem
+
+    @property
+    def backlog(self) -> int:
+        """Messages in the outbox that the broker has not acknowledged."""
+        return self.outbox.pending
+
+    @property
+    def published(self) -> int:
+        """Messages the broker acknowledged (QoS 0: handed to the socket)."""
+        return self._publisher.published
+
+    @property
+    def rejected(self) -> int:
+        """Messages the broker took and refused (an ACL, a quota): dropped, counted."""
+        return self._publisher.rejected
+
+    # -- the sink protocol (the sink's thread) ---------------------------------------------
+
+    def send(self, event: LabelEvent, frame: Frame) -> None:
+        """Append the event to the outbox (``<stream>/labels``); never waits for the broker."""
+        self._learn(event.pipeline, event.stream)
+        self.publish(event.pipeline, event.stream, "labels", event.to_json().encode(), qos=None)
+
+    def send_status(self, status: StreamStatus) -> None:
+        """Append the stream's state to the outbox as the retained ``<stream>/status``."""
+        self._learn(status.pipeline, status.stream)
+        payload = json.dumps(status.to_dict(), separators=(",", ":")).encode()
+        self.publish(status.pipeline, status.stream, "status", payload, qos=1, retain=True)
+
+    def send_change(self, change: ChangeEvent, state: LabelState) -> None:
+        """Append the change to ``<stream>/events`` and the new state to ``<stream>/state``.
+
+        The change goes with the configured QoS, like label events; the state is
+        retained (a new subscriber, or Home Assistant after a restart, reads it at once).
+        """
+        self._learn(change.pipeline, change.stream)
+        self.publish(change.pipeline, change.stream, "events", change.to_json().encode(), qos=None)
+        self.publish(
+            state.pipeline, state.stream, "state", state.to_json().encode(), qos=1, retain=True
+        )
+
+    def publish(
+        self,
+        pipeline: str,
+        stream: str,
+        kind: str,
+        payload: bytes,
+        *,
+        qos: int | None,
+        retain: bool = False,
+    ) -> None:
+        """Append a message for ``<prefix>/<pipeline>/<stream>/<kind>`` to the outbox.
+
+        The one path of every per-stream topic (``labels``, ``status``, ``state``,
+        ``events``): durable, in order, acknowledged.
+        ``qos=None`` means the configured QoS. Retained messages are coalesced per
+        topic while waiting. Raises SinkError if the outbox cannot be written.
+        """
+        topic = self.topic(pipeline, stream, kind)
+        self.outbox.put(topic, payload, qos=self.config.qos if qos is None else qos, retain=retain)
+
+    def topic(self, pipeline: str, stream: str | None, kind: str) -> str:
+        """``<prefix>/<pipeline>/<stream>/<kind>``, or ``<prefix>/<pipeline>/<kind>``."""
+        return self.config.topic(pipeline, stream, kind)
+
+    def close(self) -> None:
+        """Publish what the outbox holds for up to ``drain_timeout_s``, say ``stopped``, leave.
+
+        What the broker has not acknowledged by then stays in the outbox for the next start.
+        """
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        waiting = self.outbox.pending
+        # A sink that never saw an event or status (its pipeline failed to start) has
+        # no pipeline name, so it cannot connect: don't wait for it.
+        # On a reload the new sink that takes the outbox over publishes what it holds.
+        handing_over = self.outbox.handing_over
+        publisher = self._publisher
+        draining = publisher.knows_pipeline and publisher.alive and not handing_over
+        if waiting and draining and self.config.drain_timeout_s > 0:
+            log.info(
+                "%s: waiting up to %g s for the broker to take %d message(s)",
+                self.name,
+                self.config.drain_timeout_s,
+                waiting,
+            )
+        while draining and self.outbox.pending and time.monotonic() < deadline:
+            if not publisher.alive:
+                break
+            time.sleep(0.05)
+        if not publisher.stop():
+            # It may still use the outbox: leave the file open; what it holds is safe.
+            log.warning("%s: the publisher did not stop in time", self.name)
+            return
+        left = self.outbox.pending
+        counters = self.outbox.counters
+        log.info(
+            "%s: %d message(s) acknowledged, %d dropped by the outbox bounds, %d rejected",
+            self.name,
+            counters.delivered,
+            counters.dropped,
+            self.rejected,
+        )
+        if left and not handing_over:
+            log.warning(
+                "%s: %d message(s) not acknowledged stay in the outbox %s; they are published "
+                "on the next start",
+                self.name,
+                left,
+                self.outbox.path,
+            )
+        self.outbox.close()
+
+    @staticmethod
+    def check(config: MqttSinkConfig) -> list[str]:
+        """Tell ``labelcast check`` whether the broker is reachable, trusted and lets us in."""
+        try:
+            context = tls_context(config.tls) if config.tls is not None else None
+        except SinkError as exc:
+            return [str(exc)]
+        path = outbox_path(config)
+        problems = []
+        if not writable_folder(path.parent):
+            problems.append(f"mqtt sink {config.where}: the outbox {path} is not writable")
+        probe = probe_broker(config, context=context)
+        if probe.ok:
+            log.info("%s", probe.message)
+        else:
+            problems.append(probe.message)
+        return problems
+
+    # -- learning the pipeline and its streams ---------------------------------------------
+
+    def _learn(self, pipeline: str, stream: str) -> None:
+        self._publisher.know(pipeline)
+        if stream in self._streams:
+            return
+        self._streams.add(stream)
+        if self.config.homeassistant.discovery:
+            self._session.put(*discovery_message(self.config, pipeline, stream))
