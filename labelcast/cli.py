@@ -118,7 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--revision", help="hub revision (branch, tag or commit sha)")
     info.add_argument("--json", action="store_true", help="print JSON")
     text = "check the configured model on your images: agreement with fp32, accuracy"
-    verify = commands.add_parser("verify", help=text, description=text)
+    verify = commands.add_parser(
+        "verify",
+        help=text,
+        description=text + ". The configured model (its device, precision and backend) is "
+        "compared with the same checkpoint in fp32 on torch on that device. A model already "
+        "configured as that reference (precision fp32, or auto on a CPU, on torch) has "
+        "nothing to compare: it is loaded once, the report says so, and --min-agreement is "
+        "skipped; set model.precision (int8 or bf16 on a CPU, fp16 or bf16 on CUDA) to "
+        "measure what it changes. Problems with DIR are all reported before the model loads.",
+    )
     verify.add_argument("config", type=Path, help="pipeline YAML file (its model settings)")
     verify.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     verify.add_argument(
@@ -145,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
         "--min-agreement",
         type=float,
         metavar="PCT",
-        help="fail if top-1 agreement with fp32 is below PCT",
+        help="fail if top-1 agreement with fp32 is below PCT (skipped for an fp32 model)",
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     text = "export the configured model to ONNX for model.backend: onnxruntime (docs/onnx.md)"
@@ -183,11 +192,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from labelcast.commands.progress import stdout_above_bars
     from labelcast.daemon import Daemon, exit_now
 
     interval = None if args.no_progress else args.progress_interval
-    daemon = Daemon(args.config, args.set, config, progress_interval=interval)
-    code = daemon.run()
+    # Before the pipeline starts: a log sink on stdout takes sys.stdout when it opens.
+    with stdout_above_bars(enabled=interval is not None):
+        daemon = Daemon(args.config, args.set, config, progress_interval=interval)
+        code = daemon.run()
     unfinished = daemon.pipeline.unfinished_threads()
     if unfinished:
         # A stop gave up on them (or start-up stopped during the model load); they may be
@@ -228,12 +240,12 @@ def _reload(config: PipelineConfig) -> int:
 
 
 def _check(config: PipelineConfig) -> int:
-    from labelcast.labels.postprocess import StreamPostprocess
-    from labelcast.model.classifier import Classifier
     from labelcast.sinks import sink_class
     from labelcast.sources import source_class
 
-    problems: list[str] = []
+    # What needs no model first, all of it: loading one takes 5-10 s, too long to wait
+    # for news of a missing file, and one problem at a time makes a slow round trip.
+    problems = _local_model_problems(config)
     for source_config in config.sources:
         try:
             with source_class(source_config.type)(source_config):
@@ -243,6 +255,48 @@ def _check(config: PipelineConfig) -> int:
     for sink_config in config.sinks:
         # Each sink kind checks what it cheaply can: a folder writable, a broker reachable.
         problems.extend(sink_class(sink_config.type).check(sink_config))
+    model_checked = not problems
+    if model_checked:
+        problems = _model_problems(config)
+    for problem in problems:
+        log.error("%s", problem)
+    if problems:
+        if not model_checked:
+            log.info("the model was not loaded: check loads it once the above are fixed")
+        return EXIT_BAD_INPUT
+    log.info("config OK: %d source(s), %d sink(s)", len(config.sources), len(config.sinks))
+    return EXIT_OK
+
+
+def _local_model_problems(config: PipelineConfig) -> list[str]:
+    """Find a local checkpoint directory that is missing or no checkpoint, without loading it.
+
+    ``model.id`` is a local directory when it exists or is written as a path
+    (``/``, ``./``, ``../``); anything else is a hub id, resolved when the model loads.
+    """
+    model_id = config.model.id
+    path = Path(model_id)
+    if not (model_id.startswith(("/", "./", "../")) or path.exists()):
+        return []
+    if not path.exists():
+        return [f"model.id {model_id!r}: no such directory"]
+    if not path.is_dir():
+        return [f"model.id {model_id!r}: not a directory (a checkpoint is a directory)"]
+    if not (path / "config.json").is_file():
+        # The words model loading uses for it (labelcast/model/checkpoint.py).
+        return [
+            f"model directory {model_id!r} has no config.json "
+            "(it is not a Hugging Face checkpoint directory)"
+        ]
+    return []
+
+
+def _model_problems(config: PipelineConfig) -> list[str]:
+    """Load the model and report what only it can tell: labels, a Triton server's answer."""
+    from labelcast.labels.postprocess import StreamPostprocess
+    from labelcast.model.classifier import Classifier
+
+    problems: list[str] = []
     try:
         classifier = Classifier.load(config.model)
         log.info(
@@ -260,12 +314,7 @@ def _check(config: PipelineConfig) -> int:
         StreamPostprocess(rules, classifier.id2label)
     except (ModelError, ConfigError) as exc:
         problems.append(str(exc))
-    for problem in problems:
-        log.error("%s", problem)
-    if problems:
-        return EXIT_BAD_INPUT
-    log.info("config OK: %d source(s), %d sink(s)", len(config.sources), len(config.sinks))
-    return EXIT_OK
+    return problems
 
 
 def _model_info(model: str, revision: str | None, *, as_json: bool) -> int:
@@ -277,10 +326,17 @@ def _model_info(model: str, revision: str | None, *, as_json: bool) -> int:
 
 
 def _verify(config: PipelineConfig, args: argparse.Namespace) -> int:
-    from labelcast.commands.verify import VerifyThresholds, format_report, verify
+    from labelcast.commands.verify import VerifyThresholds, format_report, load_images, verify
 
     thresholds = VerifyThresholds(args.expect_top1, args.tolerance, args.min_agreement)
-    report = verify(config, args.images, thresholds)
+    # Every problem found without the model first, then the model (see _check).
+    images, problems = load_images(args.images, thresholds)
+    problems = _local_model_problems(config) + problems
+    if problems:
+        for problem in problems:
+            log.error("%s", problem)
+        return EXIT_BAD_INPUT
+    report = verify(config, images, thresholds)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return EXIT_OK if report["passed"] else EXIT_FAILED
 

@@ -14,6 +14,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from yaml.composer import ComposerError
 
+from labelcast.config_errors import (
+    FieldError,
+    Override,
+    describe,
+    field_name,
+    find_item,
+    item_name,
+    located,
+    set_shown,
+    split_key,
+)
 from labelcast.errors import ConfigError
 from labelcast.labels.config import LabelsConfig, SmoothingConfig
 from labelcast.logs import LogConfig
@@ -50,7 +61,6 @@ else:
 
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MAX_PROBLEMS = 5
 # What a config file may expand to: far above any real one (an ImageNet-21k label map is
 # ~45,000 values), far below what exhausts memory. Aliases count as all they repeat, so
 # an alias bomb (ten levels of ten aliases: 10**10 values in 600 bytes) stops at once.
@@ -58,14 +68,6 @@ _MAX_YAML_VALUES = 100_000
 # How deep a config may nest, in YAML and in --set keys; real ones nest about 5 levels.
 _MAX_YAML_DEPTH = 50
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-# The ``type`` tags of each tagged list, for error messages.
-_TAGGED_LISTS: dict[str, tuple[str, ...]] = {
-    "sources": tuple(model.model_fields["type"].default for model in SOURCE_CONFIGS),
-    "sinks": tuple(model.model_fields["type"].default for model in SINK_CONFIGS),
-}
-_TAGS = {tag for tags in _TAGGED_LISTS.values() for tag in tags}
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -204,9 +206,8 @@ class PipelineConfig(BaseModel):
         seen: set[str] = set()
         for source in self.sources:
             if source.id in seen:
-                raise ValueError(
-                    f"sources: stream id {source.id!r} is used by more than one source"
-                )
+                problem = f"stream id {source.id!r} is used by more than one source"
+                raise FieldError(("sources",), problem, "sources")
             seen.add(source.id)
         return self
 
@@ -215,11 +216,11 @@ class PipelineConfig(BaseModel):
         try:
             self.labels.check()
         except ValueError as exc:
-            raise ValueError(f"labels: {exc}") from None
+            raise FieldError(("labels",), str(exc), "labels") from None
         try:
             self.smoothing.check()
         except ValueError as exc:
-            raise ValueError(f"smoothing: {exc}") from None
+            raise FieldError(("smoothing",), str(exc), "smoothing") from None
         for source in self.sources:
             self.stream_labels(source.id)  # each source's overrides merged with the pipeline's
         return self
@@ -227,17 +228,20 @@ class PipelineConfig(BaseModel):
     def stream_labels(self, stream: str) -> tuple[LabelsConfig, SmoothingConfig]:
         """Return a stream's label rules and smoothing: the pipeline's, with its source's keys.
 
-        Raises ValueError naming the source's key if the combination is invalid.
+        Raises ValueError (a FieldError) naming the source's key if the combination is
+        invalid.
         """
         index, source = next((i, s) for i, s in enumerate(self.sources) if s.id == stream)
         try:
             labels = self.labels.overridden_by(source.labels)
         except ValueError as exc:
-            raise ValueError(f"sources.{index}.labels: {_first_problem(exc)}") from None
+            where = ("sources", index, "labels")
+            raise FieldError(where, _first_problem(exc), f"sources[{stream}].labels") from None
         try:
             smoothing = self.smoothing.overridden_by(source.smoothing)
         except ValueError as exc:
-            raise ValueError(f"sources.{index}.smoothing: {_first_problem(exc)}") from None
+            where = ("sources", index, "smoothing")
+            raise FieldError(where, _first_problem(exc), f"sources[{stream}].smoothing") from None
         return labels, smoothing
 
 
@@ -246,7 +250,7 @@ def _first_problem(exc: ValueError) -> str:
     if not isinstance(exc, ValidationError):
         return str(exc)
     error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"])
+    where = field_name(tuple(error["loc"]), None)
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
 
@@ -255,8 +259,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read, substitute, override and validate a pipeline config file.
 
     ``overrides`` are ``dotted.key=value`` strings (values parsed as YAML scalars);
-    list items are addressed by index or, for sources, by stream id. Raises
-    ConfigError with one message naming the file and the field.
+    list items are addressed by index or by the name error messages give them (a
+    stream's id, a sink's type): ``sources.door.sample.fps=5``, ``sinks[mqtt].qos=1``.
+    Raises ConfigError with one message naming where the bad value came from (the
+    file, or the ``--set``) and the field.
     """
     path = Path(path)
     try:
@@ -287,13 +293,15 @@ def parse_config(
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping of keys to values")
-    for override in overrides:
-        _apply_override(raw, override, origin)
-    raw = _substitute_env(raw, (), origin)
+    applied = [_apply_override(raw, override) for override in overrides]
     try:
-        return PipelineConfig.model_validate(raw)
+        substituted = _substitute_env(raw, ())
+    except _EnvProblem as problem:
+        raise ConfigError(located(origin, problem.where, str(problem), raw, applied)) from None
+    try:
+        return PipelineConfig.model_validate(substituted)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+        raise ConfigError(describe(exc, origin, substituted, applied, PipelineConfig)) from None
 
 
 def _load_yaml(text: str) -> Any:
@@ -310,91 +318,74 @@ def config_schema() -> dict[str, Any]:
     return PipelineConfig.model_json_schema()
 
 
-def _apply_override(raw: dict[str, Any], override: str, origin: str) -> None:
+def _apply_override(raw: dict[str, Any], override: str) -> Override:
+    """Set one ``dotted.key=value`` in ``raw``; return where it went, for error messages."""
     key, sep, value_text = override.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected dotted.key=value")
+        raise ConfigError(f"--set {override[:80]!r}: expected dotted.key=value")
+    key = key.strip()
+    shown = set_shown(key, value_text)
     try:
         value = _load_yaml(value_text) if value_text.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: the value is not valid YAML ({exc})") from exc
-    parts = key.strip().split(".")
+        # What is wrong and where, not the YAML error's text: it quotes the value.
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at character {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{shown}: the value is not valid YAML ({problem}{at})") from None
+    parts = split_key(key)
     if len(parts) > _MAX_YAML_DEPTH:
         raise ConfigError(f"--set {key[:80]}...: nested deeper than {_MAX_YAML_DEPTH} levels")
+    path: list[str | int] = []
     node: Any = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
-        where = ".".join(parts[: depth + 1])
         if isinstance(node, list):
-            index = _list_index(node, part)
+            index = find_item(node, part)
             if index is None:
-                raise ConfigError(f"--set {key}: {where} names no item of the list")
+                names = ", ".join(item_name(node, i) for i in range(len(node)))
+                raise ConfigError(
+                    f"{shown}: {field_name(tuple(path), raw)} has no item {part} "
+                    f"(its items: {names or 'none'})"
+                )
+            path.append(index)
             if last:
                 node[index] = value
             else:
                 node = node[index]
         elif isinstance(node, dict):
+            path.append(part)
             if last:
                 node[part] = value
             else:
                 node = node.setdefault(part, {})
         else:
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is not a mapping or list")
+            raise ConfigError(f"{shown}: {field_name(tuple(path), raw)} is not a mapping or list")
+    return Override(shown, tuple(path))
 
 
-def _list_index(items: list[Any], part: str) -> int | None:
-    if part.isdigit():
-        return int(part) if int(part) < len(items) else None
-    for index, item in enumerate(items):
-        if isinstance(item, dict) and item.get("id") == part:
-            return index
-    return None
+class _EnvProblem(Exception):
+    """A ``${VAR}`` that cannot be substituted; ``where`` is its place in the config."""
+
+    def __init__(self, where: tuple[str | int, ...], problem: str) -> None:
+        super().__init__(problem)
+        self.where = where
 
 
-def _substitute_env(node: Any, where: tuple[str | int, ...], origin: str) -> Any:
+def _substitute_env(node: Any, where: tuple[str | int, ...]) -> Any:
     if isinstance(node, dict):
-        return {k: _substitute_env(v, (*where, str(k)), origin) for k, v in node.items()}
+        return {k: _substitute_env(v, (*where, str(k))) for k, v in node.items()}
     if isinstance(node, list):
-        return [_substitute_env(v, (*where, i), origin) for i, v in enumerate(node)]
+        return [_substitute_env(v, (*where, i)) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
 
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
-            field = ".".join(str(p) for p in where)
             if not _ENV_NAME.match(name):
-                raise ConfigError(f"{origin}: {field}: ${{{name}}} is not a valid variable name")
+                raise _EnvProblem(where, f"${{{name}}} is not a valid variable name")
             if name not in os.environ:
-                raise ConfigError(f"{origin}: {field}: environment variable {name} is not set")
+                raise _EnvProblem(where, f"environment variable {name} is not set")
             return os.environ[name]
 
         return _ENV_REFERENCE.sub(replace, node)
     return node
-
-
-def _describe(exc: ValidationError, origin: str) -> str:
-    """Name each invalid field and say what is wrong, without echoing values (secrets)."""
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    problems = [_describe_one(error) for error in errors[:_MAX_PROBLEMS]]
-    if len(errors) > _MAX_PROBLEMS:
-        problems.append(f"... and {len(errors) - _MAX_PROBLEMS} more")
-    if len(problems) == 1:
-        return f"{origin}: {problems[0]}"
-    return f"{origin}: {len(errors)} problems:\n  " + "\n  ".join(problems)
-
-
-def _describe_one(error: Any) -> str:
-    loc = [str(p) for p in error["loc"]]
-    # Tagged unions add the tag ("file") after the list index; users never write it.
-    if len(loc) > 2 and loc[0] in _TAGGED_LISTS and loc[1].isdigit() and loc[2] in _TAGS:
-        del loc[2]
-    field = ".".join(loc)
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"{field}: unknown key"
-    if kind == "missing":
-        return f"{field}: required key is missing"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        expected = ", ".join(_TAGGED_LISTS.get(loc[0], ()))
-        return f"{'.'.join(loc[:2])}.type: unknown or missing type (expected one of: {expected})"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{field}: {message}" if field else message

@@ -4,6 +4,11 @@ Every record carries the pipeline name; records logged on a source's thread (nam
 ``source:<id>``) carry that stream. Repeated warnings and errors (same logger, same
 formatted message) are let through once per ``window_s`` and then summarised with a count;
 a record logged with ``extra={"always": True}`` is never held back.
+
+Python warnings that libraries raise about their own internals (torch's deprecation
+notes on quantized tensors when int8 loads, transformers' FutureWarnings, ...) are hidden:
+a user can do nothing about them. ``--log-level DEBUG`` shows them again, as log records
+(``logging.captureWarnings``). Warnings raised by labelcast's own code always show.
 """
 
 from __future__ import annotations
@@ -13,13 +18,24 @@ import logging
 import sys
 import threading
 import time
-from typing import Annotated, Literal
+import warnings
+from collections.abc import Callable
+from types import FrameType
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 # Distinct messages the repeat limiter remembers at most (messages carry varying details).
 _MAX_REMEMBERED = 1024
 NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "huggingface_hub", "filelock", "aioice", "aiortc")
+# What libraries warn with about themselves (deprecations, implementation notes); other
+# categories (ResourceWarning, RuntimeWarning, ...) may be about labelcast's use of them.
+LIBRARY_WARNINGS: tuple[type[Warning], ...] = (
+    UserWarning,
+    FutureWarning,
+    DeprecationWarning,
+    PendingDeprecationWarning,
+)
 
 
 class LogConfig(BaseModel):
@@ -129,7 +145,10 @@ _rate_limit = _RateLimit(60.0)
 
 
 def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
-    """Send labelcast's logs to stderr in the given format, replacing other root handlers."""
+    """Send labelcast's logs to stderr in the given format, replacing other root handlers.
+
+    Library warnings are hidden unless ``level`` is DEBUG (then they are logged).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
     handler.addFilter(_context)
@@ -140,6 +159,7 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     # These clients log every retry or ICE step; labelcast reports outcomes once.
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    _route_warnings(debug=level.upper() == "DEBUG")
 
 
 def apply_log_config(
@@ -149,3 +169,55 @@ def apply_log_config(
     setup_logging(level or config.level, log_format or config.format)
     _context.pipeline = pipeline
     _rate_limit.window_s = config.repeat_window_s
+
+
+_ShowWarning = Callable[..., None]
+# warnings.showwarning as it was before labelcast replaced it (set by _route_warnings).
+_shown_before: _ShowWarning | None = None
+
+
+def _route_warnings(*, debug: bool) -> None:
+    """Hide library warnings, or (``debug``) log every warning as a ``py.warnings`` record.
+
+    Safe to call again with another level: each call undoes the previous one's routing.
+    """
+    global _shown_before
+    logging.captureWarnings(False)  # restores what a previous capture replaced
+    if warnings.showwarning is not _show_unless_library:
+        _shown_before = warnings.showwarning
+    if debug:
+        warnings.showwarning = _shown_before or warnings.showwarning
+        logging.captureWarnings(True)
+    else:
+        warnings.showwarning = _show_unless_library
+
+
+def _show_unless_library(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` that drops LIBRARY_WARNINGS raised outside labelcast."""
+    if issubclass(category, LIBRARY_WARNINGS) and not _raised_by_labelcast():
+        return
+    if _shown_before is not None:  # always, once _route_warnings installed this
+        _shown_before(message, category, filename, lineno, file, line)
+
+
+def _raised_by_labelcast() -> bool:
+    """Whether the code that raised the warning being shown is labelcast's (or a script's).
+
+    Judged by the frame that called ``warnings.warn`` (or the native function that
+    warned), not by ``filename``: a library's ``stacklevel`` points that at its caller,
+    often labelcast, for warnings about the library's own internals.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in ("warnings", __name__):
+        frame = frame.f_back
+    if frame is None:
+        return True
+    module = str(frame.f_globals.get("__name__", ""))
+    return module in ("labelcast", "__main__") or module.startswith("labelcast.")

@@ -31,11 +31,11 @@ def assert_one_clear_message(stderr: str, *needles: str) -> None:
     [
         (
             "sources: [{id: a, type: file, path: x.mp4, colour: red}]",
-            ["sources.0.colour", "unknown key"],
+            ["sources[a].colour: unknown key"],
         ),
         (
             "sources: [{id: a, type: file, path: x.mp4, sample: {fps: fast}}]",
-            ["sources.0.sample.fps", "valid number"],
+            ["sources[a].sample.fps", "valid number"],
         ),
         (
             "model: {batch: {max_size: -1}}\nsources: [{id: a, type: file, path: x.mp4}]",
@@ -43,10 +43,10 @@ def assert_one_clear_message(stderr: str, *needles: str) -> None:
         ),
         (
             "sources: [{id: a, type: file, path: '${LABELCAST_TEST_UNSET}'}]",
-            ["sources.0.path", "LABELCAST_TEST_UNSET is not set"],
+            ["sources[a].path", "LABELCAST_TEST_UNSET is not set"],
         ),
         ("!!python/object/apply:os.system ['echo pwned']", ["unsupported YAML tag"]),
-        ("sources: [{id: a, type: camcorder}]", ["sources.0.type", "unknown or missing type"]),
+        ("sources: [{id: a, type: camcorder}]", ["sources[a].type", "unknown or missing type"]),
         (
             "sources: [{id: a, type: file, path: x}, {id: a, type: file, path: y}]",
             ["stream id 'a' is used by more than one source"],
@@ -72,7 +72,9 @@ def test_unset_variable_error_is_raised_and_a_set_one_is_substituted(tmp_path, t
     from labelcast import ConfigError, parse_config
 
     text = "sources: [{id: a, type: file, path: '${LABELCAST_CLIP}/a.mp4'}]"
-    with pytest.raises(ConfigError, match=r"sources\.0\.path: environment variable LABELCAST_CLIP"):
+    with pytest.raises(
+        ConfigError, match=r"sources\[a\]\.path: environment variable LABELCAST_CLIP"
+    ):
         parse_config(text)
     config = parse_config(text.replace("${LABELCAST_CLIP}", "${HOME}"))
     assert config.sources[0].path.endswith("/a.mp4") and "${" not in config.sources[0].path
@@ -92,7 +94,7 @@ def test_set_overrides_keys_by_dotted_path_and_stream_id():
     )
     assert config.sources[1].sample.every == 3 and config.sources[1].sample.fps is None
     assert config.model.batch.max_size == 4 and config.sources[0].path == "c.mp4"
-    with pytest.raises(ConfigError, match=r"sources\.hall names no item"):
+    with pytest.raises(ConfigError, match=r"--set sources\.hall\.path=x: sources has no item hall"):
         parse_config(text, overrides=["sources.hall.path=x"])
     with pytest.raises(ConfigError, match=r"model\.batch\.max_size"):
         parse_config(text, overrides=["model.batch.max_size=big"])

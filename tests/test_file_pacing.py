@@ -186,5 +186,5 @@ def test_realtime_runs_from_the_command_line(tiny_model, clips, tmp_path):
 def test_realtime_and_loop_must_be_booleans(tiny_model, clips, tmp_path, key):
     source = {"id": "cam", "type": "file", "path": str(clips["short"]), key: "sometimes"}
     path = write_config(tmp_path, pipeline_config(tiny_model, [source]))
-    with pytest.raises(ConfigError, match=rf"sources\.0\.{key}"):
+    with pytest.raises(ConfigError, match=rf"sources\[cam\]\.{key}"):
         load_config(path)

@@ -177,7 +177,7 @@ def test_duplicate_key_exits_2_through_the_cli(tmp_path):
 @pytest.mark.parametrize(
     ("field", "text"),
     [
-        ("sources.0.id", "sources: [{id: %s, type: file, path: a.mp4}]"),
+        ("sources[0].id", "sources: [{id: %s, type: file, path: a.mp4}]"),
         ("name", "name: %s\nsources: [{id: a, type: file, path: a.mp4}]"),
     ],
 )

@@ -270,7 +270,7 @@ def test_a_source_override_is_judged_with_what_it_inherits():
     assert parse_config(json.dumps(ok)).stream_labels("door")[1].window == 8
     bad = config()
     bad["sources"][0]["smoothing"] = {"window": 8}
-    with pytest.raises(ConfigError, match=r"sources\.0\.smoothing: window applies to method"):
+    with pytest.raises(ConfigError, match=r"sources\[door\]\.smoothing: window applies to method"):
         parse_config(json.dumps(bad))
 
 

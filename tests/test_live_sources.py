@@ -217,7 +217,7 @@ def test_backoff_grows_jittered_to_the_cap_and_resets() -> None:
 
 
 def test_live_config_validation_names_the_field_and_hides_the_url() -> None:
-    with pytest.raises(labelcast.ConfigError, match=r"sources\.0\.url") as info:
+    with pytest.raises(labelcast.ConfigError, match=r"sources\[a\]\.url") as info:
         labelcast.parse_config(f"sources: [{{id: a, type: rtsp, url: 'http://u:{ENCODED}@h/x'}}]")
     assert ENCODED not in str(info.value)
     with pytest.raises(labelcast.ConfigError, match="min_s"):

@@ -659,13 +659,13 @@ def test_check_hook_reports_an_unreachable_broker(tmp_path: Path) -> None:
 def test_config_errors_name_the_field_and_never_echo_the_password() -> None:
     base = "sources: [{id: a, type: file, path: a.mp4}]\nsinks:\n  - {type: mqtt, %s}\n"
     cases = {
-        "password: hunter2-secret": "sinks.0: password: set username too",
-        "qos: 3": "sinks.0.qos",
-        "topic_prefix: 'a/#'": "sinks.0.topic_prefix",
+        "password: hunter2-secret": "sinks[mqtt]: password: set username too",
+        "qos: 3": "sinks[mqtt].qos",
+        "topic_prefix: 'a/#'": "sinks[mqtt].topic_prefix",
         "tls: {cert: c.pem}": "set both cert and key",
         "reconnect: {min_s: 5, max_s: 1}": "max_s must be at least min_s",
-        "outbox: {max_bytes: lots}": "sinks.0.outbox.max_bytes",
-        "hots: x": "sinks.0.hots: unknown key",
+        "outbox: {max_bytes: lots}": "sinks[mqtt].outbox.max_bytes",
+        "hots: x": "sinks[mqtt].hots: unknown key; did you mean sinks[mqtt].host?",
     }
     for snippet, expected in cases.items():
         with pytest.raises(ConfigError) as error:

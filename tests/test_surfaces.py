@@ -235,7 +235,7 @@ def test_whip_needs_a_token_when_it_listens_beyond_loopback() -> None:
     for bind in ("0.0.0.0", "::", "192.0.2.10"):
         sources = [{"id": "phone", "type": "webrtc", "bind": bind}]
         # When the config is read, then it is refused, naming the token
-        with pytest.raises(ConfigError, match=r"sources\.0\.token: required when bind"):
+        with pytest.raises(ConfigError, match=r"sources\[phone\]\.token: required when bind"):
             parse_config(json.dumps(minimal(sources=sources)))
     # And loopback without a token, or any address with one, is fine
     for source in (

@@ -22,9 +22,11 @@ def writable_folder(folder: Path) -> bool:
     """Whether files can be written in ``folder`` (or in the ancestor it would be made in).
 
     A folder that does not exist yet counts as writable when its nearest existing
-    ancestor is (``ensure_folder`` makes it then). Nothing is created.
+    ancestor is a writable folder (``ensure_folder`` makes it then); a file where a
+    folder should be never is (not even for root). Nothing is created.
     """
-    return os.access(existing_ancestor(folder), os.W_OK)
+    ancestor = existing_ancestor(folder)
+    return ancestor.is_dir() and os.access(ancestor, os.W_OK)
 
 
 def ensure_folder(folder: Path) -> None:
