@@ -156,17 +156,3 @@ def test_log_sink_writes_to_stdout_by_default(tiny_model, clips, tmp_path):
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert [e["seq"] for e in events] == [1, 2, 3, 4]
     assert all(e["pipeline"] == "labelcast" for e in events)
-
-
-def test_progress_is_logged_when_stderr_is_not_a_terminal(tiny_model, clips, tmp_path):
-    config = two_stream_config(tiny_model, clips, tmp_path / "events.jsonl")
-    config["sources"][0]["sample"] = {"every": 1}
-    result = run_cli("run", str(write_config(tmp_path, config)), "--progress-interval", "0.2")
-    assert result.returncode == 0, result.stderr
-    progress = [
-        line
-        for line in result.stderr.splitlines()
-        if "frames decoded" in line and "classified (" in line
-    ]
-    assert any(re.search(r"stream door: \d+/600 frames decoded", line) for line in progress)
-    assert "\r" not in result.stderr  # no terminal control output in logs

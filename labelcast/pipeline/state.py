@@ -13,7 +13,14 @@ from labelcast.pipeline.fanout import SinkSet
 
 @dataclass
 class StreamStats:
-    """Progress of one stream, updated by the pipeline's threads."""
+    """Progress of one stream, updated by the pipeline's threads.
+
+    ``sampled`` counts frames queued for the classifier, ``classified`` those classified
+    (one event each) and ``dropped`` those that never will be (a live stream's full queue,
+    a failed batch). ``total_frames`` is how many frames the source will decode when it
+    knows (a file's frame count). ``ended`` is set once the source has stopped yielding
+    frames: its queued frames may still wait for the classifier.
+    """
 
     stream: str
     decoded: int = 0
@@ -26,6 +33,58 @@ class StreamStats:
     failed: str | None = None
     state: StreamState | None = None
     last_progress: float = 0.0  # time.monotonic() of its last queued frame or state change
+    # The decode indexes of the current run's first and last sampled frame, and how many
+    # it sampled: how often the sampler takes a frame, which ``expected`` extrapolates
+    # (a reload restarts a source, and its indexes, from 0).
+    run_first_index: int | None = None
+    run_last_index: int | None = None
+    run_sampled: int = 0
+
+    def opened(self, total_frames: int | None) -> None:
+        """Record that the stream's source (re)opened and how many frames it will decode."""
+        self.run_first_index = self.run_last_index = None
+        self.run_sampled = 0
+        self.total_frames = total_frames
+
+    def count_sampled(self, index: int) -> None:
+        """Count a frame queued for the classifier; ``index`` is its decode index."""
+        if self.run_first_index is None:
+            self.run_first_index = index
+        self.run_last_index = index
+        self.run_sampled += 1
+        self.sampled += 1
+
+    @property
+    def expected(self) -> int | None:
+        """How many of the stream's frames will have been classified when it is done.
+
+        Exact once the source has ended (every frame it queued, less those dropped).
+        Before that, for a source that knows its frame count (a file), an estimate: the
+        frames queued so far plus those its sampler will take from the frames still to
+        decode, at the rate it has taken them so far (exact for ``every``). None when
+        nothing tells (a live stream, a file before its second sampled frame).
+        """
+        # Read once, ``ended`` first: the source and classifier threads update these as we
+        # read, and the source counts its last frame before it sets ``ended``.
+        ended = self.ended
+        classified, sampled, dropped = self.classified, self.sampled, self.dropped
+        if ended:
+            return max(classified, sampled - dropped)
+        total, first, last = self.total_frames, self.run_first_index, self.run_last_index
+        taken = self.run_sampled
+        if total is None or first is None or last is None or last <= first or taken < 2:
+            return None
+        # Integer arithmetic: with ``every: n`` the estimate is exact, not off by rounding.
+        remaining = max(0, (total - 1 - last) * (taken - 1) // (last - first))
+        return max(classified, sampled + remaining - dropped)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the source has ended and every frame it queued was classified (or dropped)."""
+        # The counts before ``ended``, ``sampled`` after it: read while the threads update
+        # them, the answer can only be late, never early.
+        classified, dropped = self.classified, self.dropped
+        return self.ended and classified + dropped >= self.sampled
 
 
 @dataclass

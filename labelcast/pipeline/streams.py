@@ -146,7 +146,7 @@ class Streams:
             with source:
                 if not handle.stop.is_set():  # a live source stopped while connecting
                     self.set_status(stream, "online", None)
-                stats.total_frames = source.frame_count_hint
+                stats.opened(source.frame_count_hint)
                 frames = source.frames()
                 with contextlib.closing(frames):  # type: ignore[type-var]
                     for frame in frames:
@@ -154,7 +154,7 @@ class Streams:
                         # A frame in hand was sampled: it is queued even when stopping.
                         if not state.queues.put(frame, state.abort):
                             break
-                        stats.sampled += 1
+                        stats.count_sampled(frame.index)
                         stats.last_progress = time.monotonic()
                         if handle.stop.is_set():
                             break
