@@ -1,12 +1,14 @@
 """labelcast: turn live video into labels.
 
-The public API for embedding::
+The public API for embedding (README.md, "Python API", has the whole example)::
 
     from labelcast import load_config, Pipeline
 
-    config = load_config("configs/example.yaml")
+    # "sinks=[]" (a --set override) drops the config's log sink and its JSON on stdout.
+    config = load_config("configs/example.yaml", ["sinks=[]"])
     for event in Pipeline(config).events():
-        print(event.stream, event.seq, event.labels[0].label)
+        best = event.labels[0].label if event.labels else "(no label)"  # may be empty
+        print(event.stream, event.seq, best)
 """
 
 from __future__ import annotations
