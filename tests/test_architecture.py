@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "adapters",
         ("labelcast.sources.*", "labelcast.model.*", "labelcast.labels.*", "labelcast.sinks.*"),
     ),
-    ("config", ("labelcast.config", "labelcast.server")),
+    ("config", ("labelcast.config", "labelcast.config_errors", "labelcast.server")),
     ("pipeline", ("labelcast.pipeline.*",)),
     (
         "top",
