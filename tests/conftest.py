@@ -54,8 +54,20 @@ PREPROCESSOR_CONFIG = {
 }
 
 
-def make_tiny_beit(directory: Path, seed: int = 0) -> Path:
-    """Save a small randomly initialised BEiT classifier with the hub's preprocessing config."""
+def make_tiny_beit(
+    directory: Path,
+    seed: int = 0,
+    *,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate_size: int = 64,
+) -> Path:
+    """Save a small randomly initialised BEiT classifier with the hub's preprocessing config.
+
+    The sizes default to a model that costs next to nothing; tests that need the classifier
+    to be the slow stage (slower than decoding) ask for a larger one.
+    """
     import torch
     from transformers import BeitConfig, BeitForImageClassification
 
@@ -63,10 +75,10 @@ def make_tiny_beit(directory: Path, seed: int = 0) -> Path:
     config = BeitConfig(
         image_size=224,
         patch_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
         use_mean_pooling=True,
         id2label=dict(enumerate(TINY_LABELS)),
         label2id={label: i for i, label in enumerate(TINY_LABELS)},

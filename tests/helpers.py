@@ -97,7 +97,10 @@ def run_cli(
 
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Read a JSON Lines file of events."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # A writer may be mid-line: only complete lines (ending in a newline) are events yet.
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def by_stream(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -145,7 +145,7 @@ def test_a_pipeline_with_buckets_classifies_every_frame_once(tiny_model, clips, 
     ("model", "words"),
     [
         ({"batch": {"max_size": 32, "buckets": [8, 16]}}, "largest bucket (16)"),
-        ({"batch": {"buckets": [0, 32]}}, "model.batch.buckets.0"),
+        ({"batch": {"buckets": [0, 32]}}, "model.batch.buckets[0]"),
         ({"batch": {"buckets": []}}, "at least one batch size"),
         ({"compile": "torch-compile"}, "needs model.batch.buckets"),
         ({"compile": "always"}, "model.compile"),

@@ -101,7 +101,25 @@ def summary(stderr: str) -> dict[str, int]:
     return {stream: int(count) for stream, count in SUMMARY.findall(stderr)}
 
 
-def test_bars_count_classified_frames_and_show_100_only_after_the_last(tiny_model, clips, tmp_path):
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BEiT large enough (a ViT-Tiny's size) that classifying a frame costs more than decoding it.
+
+    With the tests' tiny model an idle machine classifies faster than it decodes, and there
+    is no "after decoding ended" to watch.
+    """
+    from conftest import make_tiny_beit
+
+    return make_tiny_beit(
+        tmp_path_factory.mktemp("slow-beit"),
+        hidden_size=192,
+        layers=6,
+        heads=3,
+        intermediate_size=768,
+    )
+
+
+def test_bars_count_classified_frames_and_show_100_only_after_the_last(slow_model, clips, tmp_path):
     # Given a stream whose decoding runs far ahead of a slow classifier (a deep queue, one
     # frame a batch), a short stream that ends (and logs so) while the first is classified, and
     # the events on the terminal too (a log sink on stdout)
@@ -111,7 +129,7 @@ def test_bars_count_classified_frames_and_show_100_only_after_the_last(tiny_mode
         {"id": "lobby", "type": "file", "path": str(clips["short"]), "sample": {"every": 5}},
     ]
     sources[0]["queue_size"] = 256
-    settings = config(tiny_model, out, sources, batch=1)
+    settings = config(slow_model, out, sources, batch=1)
     settings["sinks"].append({"type": "log", "path": "-"})
     path = write_config(tmp_path, settings)
     # When it runs with stdout and stderr on a terminal
@@ -150,13 +168,13 @@ def test_bars_count_classified_frames_and_show_100_only_after_the_last(tiny_mode
     assert any(i < lobby_ended for i, _ in bars) and any(i > lobby_ended for i, _ in bars)
 
 
-def test_progress_lines_continue_until_the_last_frame_is_classified(tiny_model, clips, tmp_path):
+def test_progress_lines_continue_until_the_last_frame_is_classified(slow_model, clips, tmp_path):
     # Given a stream decoded into a deep queue and classified one frame at a time, so
     # classification goes on well after decoding has ended
     out = tmp_path / "events.jsonl"
     source = {"id": "door", "type": "file", "path": str(clips["short"]), "sample": {"every": 1}}
     source["queue_size"] = 1024
-    path = write_config(tmp_path, config(tiny_model, out, [source], batch=1))
+    path = write_config(tmp_path, config(slow_model, out, [source], batch=1))
     # When it runs without a terminal
     result = run_cli("run", str(path), "--progress-interval", "0.1")
     # Then progress lines count classified frames against the 100 to classify
