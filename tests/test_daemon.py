@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import by_stream, free_port, needs, read_events, run_cli, write_config
+from helpers import by_stream, free_port, needs, read_events, run_cli, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from rtsp_server import missing_requirements
 
@@ -27,16 +27,6 @@ from labelcast.model.classifier import Classifier, ModelConfig
 from labelcast.systemd import Notifier, Watchdog
 
 needs_rtsp = needs("gstreamer-rtsp", missing_requirements())
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def http(url: str, method: str = "GET") -> tuple[int, str]:

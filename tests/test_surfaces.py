@@ -11,26 +11,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port, require_module, run_cli, write_config
+from helpers import free_port, require_module, run_cli, wait_until, write_config
 
 from labelcast import parse_config
 from labelcast.errors import ConfigError
 from labelcast.util.http import BoundedHTTPServer, BoundedRequestHandler, parse_bind
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def minimal(**extra: Any) -> dict[str, Any]:
