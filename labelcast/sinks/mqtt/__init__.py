@@ -12,11 +12,11 @@ from labelcast.sinks.mqtt.config import (
     HomeAssistantConfig,
     MqttReconnectConfig,
     MqttSinkConfig,
-    OutboxConfig,
     TlsConfig,
 )
 from labelcast.sinks.mqtt.listen import listen, listen_config
 from labelcast.sinks.mqtt.sink import MqttSink, default_outbox_path
+from labelcast.sinks.outbox.config import OutboxConfig
 
 __all__ = [
     "HomeAssistantConfig",

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import time
 from pathlib import Path
 
 from labelcast.errors import SinkError
@@ -23,17 +20,16 @@ from labelcast.sinks.mqtt.connection import probe_broker, tls_context
 from labelcast.sinks.mqtt.discovery import discovery_message
 from labelcast.sinks.mqtt.publisher import Publisher, RetainedSession
 from labelcast.sinks.outbox import Outbox
-from labelcast.util.paths import writable_folder
+from labelcast.sinks.outbox.config import default_outbox_path as outbox_file
+from labelcast.sinks.outbox.sender import OutboxSink, check_delivery, close_outbox
 
 log = logging.getLogger(__name__)
 
 
 def default_outbox_path(config: MqttSinkConfig) -> Path:
     """Where the outbox lives unless ``outbox.path`` says otherwise."""
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     key = f"{config.host}_{config.broker_port}_{config.topic_prefix}_{config.client_id or ''}"
-    key = re.sub(r"[^A-Za-z0-9_.-]+", "-", key).strip("-_")
-    return Path(state) / "labelcast" / f"mqtt-outbox-{key}.sqlite"
+    return outbox_file("mqtt", key)
 
 
 def outbox_path(config: MqttSinkConfig) -> Path:
@@ -41,7 +37,7 @@ def outbox_path(config: MqttSinkConfig) -> Path:
     return Path(config.outbox.path) if config.outbox.path else default_outbox_path(config)
 
 
-class MqttSink:
+class MqttSink(OutboxSink):
     """Publishes label events (QoS 1 by default) through a durable outbox; lossless, never blocks.
 
     Topics under ``<prefix>/<pipeline>``: ``available`` (retained ``online`` /
@@ -98,29 +94,14 @@ class MqttSink:
     # -- health (any thread) ---------------------------------------------------------------
 
     @property
-    def connected(self) -> bool:
-        """Whether the publisher is connected to the broker (and alive)."""
-        return self._publisher.connected
-
-    @property
-    def problem(self) -> str | None:
-        """Why nothing is published now: a dead publisher, the last failed connection attempt."""
-        return self._publisher.problem
-
-    @property
-    def backlog(self) -> int:
-        """Messages in the outbox that the broker has not acknowledged."""
-        return self.outbox.pending
+    def sender(self) -> Publisher:
+        """The publisher thread (``connected``, ``problem``, ``rejected`` are its own)."""
+        return self._publisher
 
     @property
     def published(self) -> int:
         """Messages the broker acknowledged (QoS 0: handed to the socket)."""
         return self._publisher.published
-
-    @property
-    def rejected(self) -> int:
-        """Messages the broker took and refused (an ACL, a quota): dropped, counted."""
-        return self._publisher.rejected
 
     # -- the sink protocol (the sink's thread) ---------------------------------------------
 
@@ -176,47 +157,22 @@ class MqttSink:
 
         What the broker has not acknowledged by then stays in the outbox for the next start.
         """
-        deadline = time.monotonic() + self.config.drain_timeout_s
-        waiting = self.outbox.pending
+        publisher = self._publisher
         # A sink that never saw an event or status (its pipeline failed to start) has
         # no pipeline name, so it cannot connect: don't wait for it.
-        # On a reload the new sink that takes the outbox over publishes what it holds.
-        handing_over = self.outbox.handing_over
-        publisher = self._publisher
-        draining = publisher.knows_pipeline and publisher.alive and not handing_over
-        if waiting and draining and self.config.drain_timeout_s > 0:
-            log.info(
-                "%s: waiting up to %g s for the broker to take %d message(s)",
-                self.name,
-                self.config.drain_timeout_s,
-                waiting,
-            )
-        while draining and self.outbox.pending and time.monotonic() < deadline:
-            if not publisher.alive:
-                break
-            time.sleep(0.05)
-        if not publisher.stop():
-            # It may still use the outbox: leave the file open; what it holds is safe.
-            log.warning("%s: the publisher did not stop in time", self.name)
-            return
-        left = self.outbox.pending
-        counters = self.outbox.counters
-        log.info(
-            "%s: %d message(s) acknowledged, %d dropped by the outbox bounds, %d rejected",
-            self.name,
-            counters.delivered,
-            counters.dropped,
-            self.rejected,
+        close_outbox(
+            self.outbox,
+            name=self.name,
+            receiver="the broker",
+            timeout_s=self.config.drain_timeout_s,
+            sending=lambda: publisher.knows_pipeline and publisher.alive,
+            stop=publisher.stop,
+            summary=lambda: (
+                f"{self.outbox.counters.delivered} message(s) acknowledged, "
+                f"{self.outbox.counters.dropped} dropped by the outbox bounds, "
+                f"{self.rejected} rejected"
+            ),
         )
-        if left and not handing_over:
-            log.warning(
-                "%s: %d message(s) not acknowledged stay in the outbox %s; they are published "
-                "on the next start",
-                self.name,
-                left,
-                self.outbox.path,
-            )
-        self.outbox.close()
 
     @staticmethod
     def check(config: MqttSinkConfig) -> list[str]:
@@ -225,16 +181,12 @@ class MqttSink:
             context = tls_context(config.tls) if config.tls is not None else None
         except SinkError as exc:
             return [str(exc)]
-        path = outbox_path(config)
-        problems = []
-        if not writable_folder(path.parent):
-            problems.append(f"mqtt sink {config.where}: the outbox {path} is not writable")
-        probe = probe_broker(config, context=context)
-        if probe.ok:
-            log.info("%s", probe.message)
-        else:
-            problems.append(probe.message)
-        return problems
+
+        def probe() -> tuple[bool, str]:
+            result = probe_broker(config, context=context)
+            return result.ok, result.message
+
+        return check_delivery(f"mqtt sink {config.where}", outbox_path(config), probe)
 
     # -- learning the pipeline and its streams ---------------------------------------------
 

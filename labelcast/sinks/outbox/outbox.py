@@ -1,9 +1,10 @@
-"""A durable, bounded outbox of MQTT messages: SQLite in WAL mode, oldest dropped when full.
+"""A durable, bounded outbox of messages: SQLite in WAL mode, oldest dropped when full.
 
-The MQTT sink writes every message here before it is published and removes it
-only once the broker has acknowledged it, so a broker outage or a crash of
-labelcast (SIGKILL) loses nothing that reached the outbox. Messages come out in
-the order they went in (per stream that is ``seq`` order).
+The delivering sinks (mqtt, webhook) write every message here before it is sent and
+remove it only once the receiver (the broker, the HTTP endpoint) has acknowledged it,
+so an outage or a crash of labelcast (SIGKILL) loses nothing that reached the outbox.
+Messages come out in the order they went in (per subject that is ``seq`` order). A
+message's ``topic`` is the MQTT topic, or what another sink keys its messages by.
 
 One process owns an outbox file at a time (an advisory lock next to it), and
 all access goes through one SQLite connection guarded by a lock: every
@@ -48,7 +49,7 @@ class OutboxCounters:
 
 
 class Outbox:
-    """Messages waiting for the broker's acknowledgement, on disk, bounded by size and age.
+    """Messages waiting for the receiver's acknowledgement, on disk, bounded by size and age.
 
     ``put`` appends; ``take`` hands out messages not yet handed out, oldest first
     (dropping, counted, those older than ``max_age_s``); ``remove`` deletes
@@ -144,7 +145,7 @@ class Outbox:
 
     @property
     def pending(self) -> int:
-        """Messages in the outbox (handed out or not) that the broker has not acknowledged."""
+        """Messages in the outbox (handed out or not) that the receiver has not acknowledged."""
         with self._lock:
             return int(self._count)
 
@@ -168,7 +169,7 @@ class Outbox:
             if self._state == "refused":
                 raise SinkError(
                     f"{self.name}: the outbox {self.path} is in use by another sink of this "
-                    "labelcast process; give each mqtt sink its own outbox.path"
+                    "labelcast process; give each sink its own outbox.path"
                 )
             now = time.time()
             try:
@@ -338,7 +339,7 @@ class Outbox:
                 self._handed.notify_all()
         log.error(
             "%s: the outbox %s is in use by another sink of this labelcast process; this "
-            "sink publishes nothing (give each mqtt sink its own outbox.path)",
+            "sink publishes nothing (give each sink its own outbox.path)",
             self.name,
             self.path,
         )
@@ -357,7 +358,7 @@ class Outbox:
 
     def _enforce_size_bound(self) -> int:
         # Only messages not handed out yet count and are dropped: those handed out are
-        # already on their way (the MQTT client resends them after a reconnect).
+        # already on their way (their sink sends them again after a reconnect or a failure).
         over = self._bytes - self._handed_bytes - self._max_bytes
         if over <= 0:
             return 0
@@ -398,7 +399,7 @@ class Outbox:
                 else f"holds messages older than {self._max_age_s:g} s"
             )
             log.warning(
-                "%s: the outbox %s; dropping the oldest events until the broker catches up",
+                "%s: the outbox %s; dropping the oldest events until the receiver catches up",
                 self.name,
                 reason,
             )
