@@ -2,7 +2,7 @@
 
 ``SINK_CONFIGS`` lists every kind's config model (each with ``type: Literal[...]``;
 config.py builds its discriminated union from it) and ``sink_class(kind)`` returns the
-class that makes sinks of a kind. Importing this package loads no paho, PyAV or Pillow:
+class that makes sinks of a kind. Importing this package loads no paho, httpx, PyAV or Pillow:
 each adapter imports those when a sink is made.
 """
 
@@ -14,13 +14,20 @@ from labelcast.sinks.base import SinkClass
 from labelcast.sinks.log import LogSink, LogSinkConfig
 from labelcast.sinks.mqtt import MqttSink, MqttSinkConfig
 from labelcast.sinks.overlay import OverlaySink, OverlaySinkConfig
+from labelcast.sinks.webhook import WebhookSink, WebhookSinkConfig
 
 # In the order config.py's union (and so ``labelcast schema``) lists them.
-SINK_CONFIGS: tuple[type[BaseModel], ...] = (LogSinkConfig, MqttSinkConfig, OverlaySinkConfig)
+SINK_CONFIGS: tuple[type[BaseModel], ...] = (
+    LogSinkConfig,
+    MqttSinkConfig,
+    WebhookSinkConfig,
+    OverlaySinkConfig,
+)
 
 _CLASSES: dict[str, SinkClass] = {
     "log": LogSink,
     "mqtt": MqttSink,
+    "webhook": WebhookSink,
     "overlay": OverlaySink,
 }
 
