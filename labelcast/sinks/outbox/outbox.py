@@ -117,7 +117,7 @@ class Outbox:
             HOLDERS[self._key] = self
         if self._count:
             log.info(
-                "%s: %d message(s) from an earlier run wait in %s; publishing them first",
+                "%s: %d message(s) from an earlier run wait in %s; sending them first",
                 name,
                 self._count,
                 self.path,
