@@ -281,14 +281,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _bucket_list(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of sizes: {text}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError("bucket sizes must be positive integers")
-    return sizes
+def positive_int_list(what: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated positive integers (``what`` names them in errors)."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a comma-separated list of {what}: {text}"
+            ) from None
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be positive integers")
+        return values
+
+    return parse
+
+
+_bucket_list = positive_int_list("bucket sizes")
 
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -824,20 +834,21 @@ def naive_forward(settings: dict[str, Any], device: Any) -> Callable[[Any], Any]
     return run_model
 
 
-def phase_naive(settings: dict[str, Any]) -> dict[str, Any]:
-    """The loop a user would write first: OpenCV, the PIL image processor, batch size 1."""
-    import cv2
+def naive_classifier(
+    settings: dict[str, Any], device: Any
+) -> tuple[Callable[[Any], tuple[int, float]], str]:
+    """The naive loop's classification of one RGB frame: (top-1 class id, its score).
+
+    transformers' ``BeitImageProcessorPil`` (the checkpoint's processor where it is
+    no BEiT) per frame, then :func:`naive_forward` at ``settings["naive_engine"]``,
+    batch size 1. Returns the function and the processor's class name.
+    """
     from transformers import AutoImageProcessor
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
 
-    from labelcast.model.classifier import resolve_device
-
     model_dir = settings["model_dir"]
-    device = resolve_device(settings["device"])
-    engine = settings["naive_engine"]
-    started = time.perf_counter()
     forward = naive_forward(settings, device)
     processor_config = json.loads(
         (Path(model_dir) / "preprocessor_config.json").read_text(encoding="utf-8")
@@ -855,7 +866,6 @@ def phase_naive(settings: dict[str, Any]) -> dict[str, Any]:
             processor = BeitImageProcessorPil.from_pretrained(model_dir)
     if processor is None:
         processor = AutoImageProcessor.from_pretrained(model_dir)
-    load_s = time.perf_counter() - started
 
     def classify(rgb: Any) -> tuple[int, float]:
         inputs = processor(images=rgb, return_tensors="pt")
@@ -863,6 +873,21 @@ def phase_naive(settings: dict[str, Any]) -> dict[str, Any]:
         probs = logits.float().softmax(dim=-1)[0]
         score, class_id = probs.max(dim=0)
         return int(class_id), float(score)
+
+    return classify, type(processor).__name__
+
+
+def phase_naive(settings: dict[str, Any]) -> dict[str, Any]:
+    """The loop a user would write first: OpenCV, the PIL image processor, batch size 1."""
+    import cv2
+
+    from labelcast.model.classifier import resolve_device
+
+    device = resolve_device(settings["device"])
+    engine = settings["naive_engine"]
+    started = time.perf_counter()
+    classify, processor = naive_classifier(settings, device)
+    load_s = time.perf_counter() - started
 
     # One warm-up frame, so the figure is not the first call's set-up cost.
     for frame in decode_sampled(settings["clips"][:1], settings["warmup"], settings["sample_fps"]):
@@ -904,7 +929,7 @@ def phase_naive(settings: dict[str, Any]) -> dict[str, Any]:
         "wall_s": wall_s,
         "model_load_s": load_s,
         "decoded_frames": decoded,
-        "processor": type(processor).__name__,
+        "processor": processor,
         "loop": NAIVE_LOOPS[(engine["precision"], engine["backend"])],
         "top1": top1,
         "device": str(device),
@@ -1285,14 +1310,22 @@ def _process_info(device: Any) -> dict[str, Any]:
 
 
 def run_phase(
-    name: str, settings_file: Path, scratch: Path, label: str | None = None
+    name: str,
+    settings_file: Path,
+    scratch: Path,
+    label: str | None = None,
+    script: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one phase in a child process of its own and return what it measured."""
+    """Run one phase in a child process of its own and return what it measured.
+
+    ``script`` is the file whose ``--phase`` runs it: this one by default; another
+    benchmark (bench/cameras.py) passes its own and answers with :func:`run_child`.
+    """
     label = label or name
     out = scratch / f"{label}.json"
     command = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        str((script or Path(__file__)).resolve()),
         "--phase",
         name,
         "--settings",
@@ -1312,6 +1345,33 @@ def run_phase(
         cpu_before, read_cpu_times(), own_cpu_seconds() - ours_before
     )
     return result
+
+
+def run_child(
+    phase: Callable[[dict[str, Any]], dict[str, Any]],
+    name: str,
+    settings_file: Path | None,
+    out: Path | None,
+) -> int:
+    """The child process's side of :func:`run_phase`: run ``phase`` and write its result.
+
+    Returns the exit status: 0, or 2 when labelcast refused the settings (its message
+    is logged).
+    """
+    if settings_file is None or out is None:
+        raise SystemExit("--phase needs --settings and --phase-out")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(REPO))
+    settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    from labelcast import LabelcastError
+
+    try:
+        result = phase(settings)
+    except LabelcastError as exc:
+        log(f"phase {name}: {exc}")
+        return 2
+    out.write_text(json.dumps(result), encoding="utf-8")
+    return 0
 
 
 def machine_info() -> dict[str, Any]:
@@ -1438,20 +1498,7 @@ def agreement(e2e: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.phase is not None:
-        if args.settings is None or args.phase_out is None:
-            raise SystemExit("--phase needs --settings and --phase-out")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        sys.path.insert(0, str(REPO))
-        settings = json.loads(args.settings.read_text(encoding="utf-8"))
-        from labelcast import LabelcastError
-
-        try:
-            result = PHASES[args.phase](settings)
-        except LabelcastError as exc:
-            log(f"phase {args.phase}: {exc}")
-            return 2
-        args.phase_out.write_text(json.dumps(result), encoding="utf-8")
-        return 0
+        return run_child(PHASES[args.phase], args.phase, args.settings, args.phase_out)
 
     sys.path.insert(0, str(REPO))
     settings = resolve_settings(args)

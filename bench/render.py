@@ -13,7 +13,8 @@ marker comments that name what it shows and which runs, in order:
 Kinds: ``throughput`` (bare, e2e, naive at the same precision and in fp32, and the
 ratios), ``targets`` (each target of issue #7 a run can speak to, and whether it was met),
 ``time`` (where e2e's time goes), ``load`` (latency at a fraction of capacity), ``soak``
-(drops and RSS growth under each rule) and ``keyframes`` (decode CPU time saved).
+(drops and RSS growth under each rule), ``keyframes`` (decode CPU time saved) and
+``cameras`` (the live cameras each variant holds: ``bench/cameras.py``).
 
 A run is found by its JSON's ``name``. Noise is never counted as a target met: a ratio
 comes with the interval its two rates' spreads allow (``ratio_intervals``), and a ratio
@@ -46,6 +47,7 @@ DOC = REPO / "BENCHMARKS.md"
 
 BENCH_SCHEMA = "labelcast.bench/2"
 KEYFRAMES_SCHEMA = "labelcast.keyframes/1"
+CAMERAS_SCHEMA = "labelcast.cameras/1"
 
 MARKER = re.compile(
     r"(?P<open><!-- table:(?P<id>[\w.-]+)(?P<options>[^>]*?)\s*-->)\n"
@@ -97,7 +99,7 @@ def load_results(folder: Path) -> dict[str, dict[str, Any]]:
                 f"{path}: schema {schema}, not {BENCH_SCHEMA}: rerun it with today's "
                 f"bench/bench.py (its command is in the file)"
             )
-        if schema not in (BENCH_SCHEMA, KEYFRAMES_SCHEMA):
+        if schema not in (BENCH_SCHEMA, KEYFRAMES_SCHEMA, CAMERAS_SCHEMA):
             continue  # other benchmarks' results (e.g. preview_viewers.json)
         name = data.get("name") or path.stem
         if name in runs:
@@ -608,6 +610,104 @@ def render_keyframes(runs: Sequence[dict[str, Any]]) -> str:
     return table(header, rows) + "\n\n" + "\n".join(captions)
 
 
+# The aim of issue #17: cameras held per gateway, against the naive loop's.
+CAMERAS_AIM = 16.0
+
+
+def cameras_engine(variant: str, engine: dict[str, Any]) -> str:
+    """``int8 onnxruntime, key frames only, one region + change gate`` and so on."""
+    if variant == "naive":
+        return "OpenCV, BeitImageProcessorPil, fp32 torch, one frame at a time"
+    text = f"labelcast, {engine['precision']} {engine['backend']}, "
+    text += "key frames only" if engine["decode"] == "keyframes" else "full decode"
+    return text + (", one region + change gate" if engine["regions"] else "")
+
+
+def render_cameras(runs: Sequence[dict[str, Any]]) -> str:
+    """Cameras held per variant and against the naive loop, then every run of the search."""
+    summary, details, captions = [], [], []
+    for run in runs:
+        if run.get("schema") != CAMERAS_SCHEMA:
+            raise RenderError(f"{run['_path']}: not a bench/cameras.py result")
+        settings = run["settings"]
+        for name, variant in run["variants"].items():
+            held = variant["held"]
+            at = next((r for r in variant["runs"] if r["cameras"] == held), None)
+            ceiling = variant["searched"] and variant["first_failed"] is None and held > 0
+            ratio = run["over_naive"].get(name)
+            summary.append(
+                [
+                    f"`{name}`",
+                    cameras_engine(name, variant["engine"]),
+                    (f"≥ {held}" if ceiling else str(held)),
+                    DASH
+                    if ratio is None
+                    else (
+                        f"**{ratio:.1f}{TIMES}**" if ratio >= CAMERAS_AIM else f"{ratio:.1f}{TIMES}"
+                    ),
+                    DASH if at is None else f"{at['cpu']['share']:.0%}",
+                    DASH if at is None else _ms(at["steady"]["latency_ms"]["p99"]),
+                ]
+            )
+            for r in variant["runs"]:
+                details.append(
+                    [
+                        f"`{name}`",
+                        str(r["cameras"]),
+                        str(r["offered"]),
+                        str(r["classified"]),
+                        str(r["skipped"]),
+                        f"{r['dropped']} ({r['steady']['dropped']})",
+                        _ms(r["steady"]["latency_ms"]["p99"]),
+                        f"{r['cpu']['share']:.0%} of {r['cpu']['cores']}",
+                        f"{r['rss_mb']['peak']:.0f} MB",
+                        "held" if r["held"] else "not held: " + "; ".join(r["why_not_held"]),
+                    ]
+                )
+        scene = settings["scene"]
+        height, width = scene["size"]
+        captions.append(
+            f"`{shlex.join(own_arguments(run))}`: live-paced cameras showing a "
+            f"{width}{TIMES}{height} H.264 scene at {scene['fps']} fps (a key frame every "
+            f"second), sampled at {settings['sample_fps']:g} fps, {settings['seconds']:g} s a "
+            f"run; held: no drop and latency p99 ≤ {settings['p99_limit_ms'] / 1000:g} s after "
+            f"the first {settings['warmup_s']:g} s, and every camera in real time; CPU: the "
+            f"run's process CPU time over the run, as a share of the cores it may use; "
+            f"{model_text(runs)}; {machine_text([run])}{others_text([run])}."
+        )
+    header = [
+        "variant",
+        "what runs",
+        "cameras held",
+        f"{TIMES} naive (aim ≥ {CAMERAS_AIM:g}{TIMES})",
+        "CPU at that count",
+        "p99 at that count",
+    ]
+    run_header = [
+        "variant",
+        "cameras",
+        "offered",
+        "classified",
+        "skipped",
+        "dropped (after warm-up)",
+        "p99 after warm-up",
+        "CPU (of cores)",
+        "peak RSS",
+        "verdict",
+    ]
+    return (
+        table(header, summary)
+        + "\n\n"
+        + "\n".join(captions)
+        + "\n\nEvery run:\n\n"
+        + table(run_header, details)
+    )
+
+
+def _ms(value: float | None) -> str:
+    return DASH if value is None else f"{value:.0f} ms"
+
+
 KINDS: dict[str, Callable[[Sequence[dict[str, Any]]], str]] = {
     "throughput": render_throughput,
     "targets": render_targets,
@@ -615,6 +715,7 @@ KINDS: dict[str, Callable[[Sequence[dict[str, Any]]], str]] = {
     "load": render_load,
     "soak": render_soak,
     "keyframes": render_keyframes,
+    "cameras": render_cameras,
 }
 
 
