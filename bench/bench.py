@@ -1127,6 +1127,10 @@ def _rss_summary(samples: list[tuple[float, float]], seconds: float) -> dict[str
 
     def median_between(start: float, end: float) -> float | None:
         values = sorted(mb for t, mb in samples if start <= t < end)
+        if not values and samples:
+            # A sampler starved of CPU for a whole (short) window: the nearest sample.
+            middle = (start + end) / 2
+            return min(samples, key=lambda sample: abs(sample[0] - middle))[1]
         return values[len(values) // 2] if values else None
 
     last = sorted(mb for t, mb in samples if seconds - window <= t <= seconds)

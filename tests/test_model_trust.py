@@ -260,6 +260,8 @@ def test_start_up_self_check_compares_with_fp32(tiny_model, clips, tmp_path, max
         "precision": "bf16",
         "self_check": "on",
         "self_check_max_score_diff": max_diff,
+        # The clip's 4 sampled frames make the first batch, however slowly they decode.
+        "batch": {"max_size": 4, "max_wait_ms": 10000},
     }
     out = tmp_path / "events.jsonl"
     result = run_cli("run", str(write_config(tmp_path, short_config(model, clips["short"], out))))

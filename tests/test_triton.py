@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -88,7 +89,9 @@ def make_server(
         },
         "server.yaml",
     )
-    workspace = folder / "workspace"
+    # PyTriton binds Unix sockets inside its workspace, and a socket path has at most 107
+    # characters: pytest's own folders (deeper still under pytest-xdist) can be longer.
+    workspace = Path(tempfile.mkdtemp(prefix="lct-"))
     return TritonServer(
         config,
         grpc_port=grpc,
