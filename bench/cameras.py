@@ -42,9 +42,10 @@ run as a share of the cores it may use, and RSS. The variants:
 ``regions-gate``
     ``best`` plus the region as the only subject (``whole_frame: false``) and the change
     gate (``gate: {min_change: 0.03, max_interval_s: 60}``): unchanged pictures are not
-    classified. Classified = events; skipped = the events' ``skipped`` (plus, where the
-    pipeline counts them, pictures skipped after a stream's last event); dropped = the
-    streams' drops (the events' ``dropped``, plus drops after a stream's last event).
+    classified. Classified = events; skipped = the streams' counts of the pictures the
+    gate skipped (the events' ``skipped`` plus those after a stream's last event);
+    dropped = the streams' drops (the events' ``dropped``, plus drops after a stream's
+    last event).
 
 A camera count is *held* when, after a warm-up (``--warmup-s``, default 20 s: the first
 pictures of every camera all at once, and for the gate the first picture of each region,
@@ -410,7 +411,13 @@ def camera_sources(settings: dict[str, Any], cameras: int) -> list[dict[str, Any
         }
         if engine["regions"]:
             source["whole_frame"] = False
-            source["regions"] = [{"id": "gate", "box": list(scene.region_box)}]
+            region: dict[str, Any] = {"id": "gate", "box": list(scene.region_box)}
+            if settings["quick"]:
+                # After a change the gate passes pictures until smoothing settles: 5 at
+                # the defaults, more than a 4 s smoke run holds. Unsmoothed, only the
+                # changed picture is classified, so a smoke run sees the gate skip.
+                region["smoothing"] = {"method": "none", "min_frames": 1, "min_dwell_s": 0}
+            source["regions"] = [region]
             source["gate"] = dict(settings["gate"])
         sources.append(source)
     return sources
@@ -445,8 +452,7 @@ def phase_labelcast(settings: dict[str, Any]) -> dict[str, Any]:
     events: list[tuple[str, float, float, int, int, float]] = []
 
     def record(event: LabelEvent) -> None:
-        # labelcast before regions (#17) has no ``skipped``: nothing was skipped.
-        skipped = getattr(event, "skipped", 0)
+        skipped = event.skipped
         events.append(
             (
                 event.stream,
@@ -476,20 +482,18 @@ def phase_labelcast(settings: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"cameras: streams failed: {pipeline.failed_streams}")
 
     stats = list(pipeline.stats.values())
-    # Pictures the gate skipped after a stream's last event are counted by the streams
-    # where this labelcast counts them; otherwise they are part of ``pending``.
-    counters = [getattr(s, "skipped", None) for s in stats]
-    skipped_counted = None if None in counters else sum(counters)
+    # The streams count every picture the gate skipped, also those after their last
+    # event; a frame none of whose pictures was classified is ``unchanged``, not sampled.
+    skipped_counted = sum(sum(s.skipped.values()) for s in stats)
     skipped_in_events = sum(e[4] for e in events)
     return {
         **run_counts(
-            offered=sum(s.sampled for s in stats),
+            offered=sum(s.sampled + s.unchanged for s in stats),
             classified=len(events),
-            skipped=skipped_counted if skipped_counted is not None else skipped_in_events,
+            skipped=skipped_counted,
             dropped=sum(s.dropped for s in stats),
         ),
         "skipped_in_events": skipped_in_events,
-        "skipped_counted_by_streams": skipped_counted is not None,
         "dropped_in_events": sum(e[3] for e in events),
         "drained": drained,
         **latency_figures(
@@ -802,13 +806,6 @@ def search(
 # --------------------------------------------------------------------------- the run
 
 
-def regions_supported() -> bool:
-    """Whether this labelcast has regions and the change gate (issue #17)."""
-    from labelcast.sources.file import FileSourceConfig
-
-    return {"regions", "gate"} <= set(FileSourceConfig.model_fields)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.phase is not None:
@@ -816,11 +813,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     settings = resolve_settings(args)
-    if "regions-gate" in args.variants and not regions_supported():
-        raise SystemExit(
-            "cameras: this labelcast has no regions and change gate yet (sources[].regions, "
-            "gate): leave regions-gate out of --variants"
-        )
     if args.cores:
         # The children's thread pools (OpenMP: torch; ONNX Runtime) size themselves by it.
         os.environ["OMP_NUM_THREADS"] = str(args.cores)

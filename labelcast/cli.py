@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from labelcast.config import PipelineConfig, config_schema, load_config
+from labelcast.config import PipelineConfig, SourceConfig, config_schema, load_config
 from labelcast.errors import ConfigError, LabelcastError, ModelError, SourceError
 from labelcast.logs import apply_log_config, setup_logging
 
@@ -248,8 +248,8 @@ def _check(config: PipelineConfig) -> int:
     problems = _local_model_problems(config)
     for source_config in config.sources:
         try:
-            with source_class(source_config.type)(source_config):
-                pass
+            with source_class(source_config.type)(source_config) as source:
+                problems.extend(_region_problems(source_config, source.frame_size))
         except SourceError as exc:
             problems.append(str(exc))
     for sink_config in config.sinks:
@@ -266,6 +266,19 @@ def _check(config: PipelineConfig) -> int:
         return EXIT_BAD_INPUT
     log.info("config OK: %d source(s), %d sink(s)", len(config.sources), len(config.sinks))
     return EXIT_OK
+
+
+def _region_problems(config: SourceConfig, frame_size: tuple[int, int] | None) -> list[str]:
+    """Find regions whose box falls outside the source's frames, when their size is known."""
+    if frame_size is None:
+        return []
+    problems = []
+    for region in config.regions:
+        try:
+            region.pixels(*frame_size)
+        except ValueError as exc:
+            problems.append(f"sources[{config.id}].regions[{region.id}].box: {exc}")
+    return problems
 
 
 def _local_model_problems(config: PipelineConfig) -> list[str]:
@@ -310,7 +323,11 @@ def _model_problems(config: PipelineConfig) -> list[str]:
         if remote is not None:
             problems.append(remote)
         # Group maps go by class id: they must fit the model's classes.
-        rules = {source.id: config.stream_labels(source.id)[0] for source in config.sources}
+        rules = {
+            f"{source.id}/{region}": config.subject_labels(source.id, region)[0]
+            for source in config.sources
+            for region in [None, *(region.id for region in source.regions)]
+        }
         StreamPostprocess(rules, classifier.id2label)
     except (ModelError, ConfigError) as exc:
         problems.append(str(exc))

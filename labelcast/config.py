@@ -222,7 +222,22 @@ class PipelineConfig(BaseModel):
         except ValueError as exc:
             raise FieldError(("smoothing",), str(exc), "smoothing") from None
         for source in self.sources:
-            self.stream_labels(source.id)  # each source's overrides merged with the pipeline's
+            # Each source's and region's overrides merged with the pipeline's.
+            for region in [None, *(region.id for region in source.regions)]:
+                self.subject_labels(source.id, region)
+        return self
+
+    @model_validator(mode="after")
+    def _subjects_fit_a_batch(self) -> PipelineConfig:
+        # A frame's pictures go to the classifier in one batch (buckets are sized by it).
+        max_size = self.model.batch.max_size
+        for index, source in enumerate(self.sources):
+            if source.subject_count > max_size:
+                problem = (
+                    f"{source.subject_count} pictures per frame (regions and the whole "
+                    f"frame) are more than model.batch.max_size ({max_size})"
+                )
+                raise FieldError(("sources", index, "regions"), problem, f"sources[{source.id}]")
         return self
 
     def stream_labels(self, stream: str) -> tuple[LabelsConfig, SmoothingConfig]:
@@ -242,6 +257,32 @@ class PipelineConfig(BaseModel):
         except ValueError as exc:
             where = ("sources", index, "smoothing")
             raise FieldError(where, _first_problem(exc), f"sources[{stream}].smoothing") from None
+        return labels, smoothing
+
+    def subject_labels(
+        self, stream: str, region: str | None
+    ) -> tuple[LabelsConfig, SmoothingConfig]:
+        """Return a subject's label rules and smoothing: its stream's, with its region's keys.
+
+        ``region`` None is the stream's whole frame. Raises ValueError (a FieldError)
+        naming the region's key if the combination is invalid.
+        """
+        labels, smoothing = self.stream_labels(stream)
+        if region is None:
+            return labels, smoothing
+        index, source = next((i, s) for i, s in enumerate(self.sources) if s.id == stream)
+        at, found = next((j, r) for j, r in enumerate(source.regions) if r.id == region)
+        where = ("sources", index, "regions", at)
+        name = f"sources[{stream}].regions[{region}]"
+        try:
+            labels = labels.overridden_by(found.labels)
+        except ValueError as exc:
+            raise FieldError((*where, "labels"), _first_problem(exc), f"{name}.labels") from None
+        try:
+            smoothing = smoothing.overridden_by(found.smoothing)
+        except ValueError as exc:
+            problem = _first_problem(exc)
+            raise FieldError((*where, "smoothing"), problem, f"{name}.smoothing") from None
         return labels, smoothing
 
 

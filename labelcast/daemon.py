@@ -195,12 +195,13 @@ class Daemon:
         pipeline = self.pipeline
         for stats in list(pipeline.stats.values()):
             log.info(
-                "stream %s: %d frames decoded, %d sampled, %d classified, %d dropped%s",
+                "stream %s: %d frames decoded, %d sampled, %d classified, %d dropped%s%s",
                 stats.stream,
                 stats.decoded,
-                stats.sampled,
+                stats.sampled + stats.unchanged,
                 stats.classified,
                 stats.dropped,
+                _gate_summary(stats.unchanged, stats.skipped),
                 " (FAILED)" if stats.failed else "",
             )
         if pipeline.failed_streams:
@@ -213,3 +214,14 @@ class Daemon:
         if pipeline.error is not None:
             return EXIT_FAILED
         return EXIT_OK if finished else EXIT_FAILED
+
+
+def _gate_summary(unchanged: int, skipped: dict[str | None, int]) -> str:
+    """Describe what the change gate skipped: frames left out, pictures per subject."""
+    if not skipped:
+        return ""
+    subjects = ", ".join(
+        f"{region or 'whole frame'} {count}"
+        for region, count in sorted(skipped.items(), key=lambda item: item[0] or "")
+    )
+    return f"; {unchanged} unchanged (not classified); pictures skipped: {subjects}"

@@ -16,6 +16,34 @@ if TYPE_CHECKING:
 
 EVENT_SCHEMA = "labelcast.label/1"
 
+# A region's box in pixels of the decoded frame: x, y, width, height.
+Box = tuple[int, int, int, int]
+
+
+def subject_path(stream: str, region: str | None) -> str:
+    """Name a subject: ``<stream>`` for a whole frame, ``<stream>/<region>`` for a region.
+
+    Stream and region ids hold no ``/``, so the path is unambiguous; it is the subject's
+    key inside the pipeline and its level(s) in MQTT topics.
+    """
+    return stream if region is None else f"{stream}/{region}"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One picture of a frame to classify: the whole frame (``region`` None) or a region.
+
+    ``box`` is the region's box in pixels (None: the whole frame); ``skipped`` counts the
+    pictures of this subject the change gate found unchanged before this one.
+    """
+
+    region: str | None = None
+    box: Box | None = None
+    skipped: int = 0
+
+
+WHOLE_FRAME = Subject()
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -24,7 +52,9 @@ class Frame:
     ``index`` counts decoded frames of the stream from 0 (the source's own counter);
     ``pts`` is the presentation time in seconds; ``captured_at`` is the wall-clock
     time (Unix seconds) at which the frame was decoded or received; ``image`` is an
-    RGB ``uint8`` array of shape (H, W, 3).
+    RGB ``uint8`` array of shape (H, W, 3). ``subjects`` are the pictures of it to
+    classify (the pipeline's regions and change gate choose them; by default the whole
+    frame), each one label event.
     """
 
     stream: str
@@ -32,6 +62,14 @@ class Frame:
     pts: float
     captured_at: float
     image: npt.NDArray[np.uint8] = field(repr=False)
+    subjects: tuple[Subject, ...] = (WHOLE_FRAME,)
+
+    def picture(self, subject: Subject) -> npt.NDArray[np.uint8]:
+        """Return a subject's picture: the image, or a view of its region (no copy)."""
+        if subject.box is None:
+            return self.image
+        x, y, width, height = subject.box
+        return self.image[y : y + height, x : x + width]
 
 
 @dataclass(frozen=True)
@@ -94,14 +132,21 @@ class LabelEvent:
     labels: tuple[Label, ...]
     model: ModelInfo
     dropped: int
+    region: str | None = None
+    skipped: int = 0
+
+    @property
+    def subject(self) -> str:
+        """The event's subject: ``<stream>`` or ``<stream>/<region>`` (see subject_path)."""
+        return subject_path(self.stream, self.region)
 
     @property
     def id(self) -> str:
-        """The id consumers de-duplicate by: ``<pipeline>/<stream>/<run>/<seq>``.
+        """The id consumers de-duplicate by: ``<pipeline>/<stream>[/<region>]/<run>/<seq>``.
 
         It is unique across restarts: ``seq`` starts at 1 in every run, ``run`` changes.
         """
-        return f"{self.pipeline}/{self.stream}/{self.run}/{self.seq}"
+        return f"{self.pipeline}/{self.subject}/{self.run}/{self.seq}"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the event as the JSON object of the ``labelcast.label/1`` schema."""
@@ -111,6 +156,7 @@ class LabelEvent:
             "pipeline": self.pipeline,
             "run": self.run,
             "stream": self.stream,
+            "region": self.region,
             "seq": self.seq,
             "pts": round(self.pts, 6),
             "captured_at": format_timestamp(self.captured_at),
@@ -121,6 +167,7 @@ class LabelEvent:
             ],
             "model": asdict(self.model),
             "dropped": self.dropped,
+            "skipped": self.skipped,
         }
 
     def to_json(self) -> str:
@@ -147,6 +194,12 @@ class LabelState:
     label: str | None
     score: float | None
     since: float
+    region: str | None = None
+
+    @property
+    def subject(self) -> str:
+        """The state's subject: ``<stream>`` or ``<stream>/<region>``."""
+        return subject_path(self.stream, self.region)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the state as the JSON object ``{label, score, since}``."""
@@ -181,11 +234,17 @@ class ChangeEvent:
     since: float
     duration_s: float
     seq: int
+    region: str | None = None
+
+    @property
+    def subject(self) -> str:
+        """The change's subject: ``<stream>`` or ``<stream>/<region>``."""
+        return subject_path(self.stream, self.region)
 
     @property
     def id(self) -> str:
-        """A unique id: ``<pipeline>/<stream>/<run>/<seq>/<type>``."""
-        return f"{self.pipeline}/{self.stream}/{self.run}/{self.seq}/{self.type}"
+        """A unique id: ``<pipeline>/<stream>[/<region>]/<run>/<seq>/<type>``."""
+        return f"{self.pipeline}/{self.subject}/{self.run}/{self.seq}/{self.type}"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the change as the JSON object of the ``labelcast.change/1`` schema."""
@@ -195,6 +254,7 @@ class ChangeEvent:
             "pipeline": self.pipeline,
             "run": self.run,
             "stream": self.stream,
+            "region": self.region,
             "type": self.type,
             "label": self.label,
             "previous": self.previous,

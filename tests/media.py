@@ -77,3 +77,50 @@ def make_truncated_ts(folder: Path, *, seconds: float = 6, fps: int = 30) -> Pat
     whole = make_clip(folder / "whole.ts", seconds=seconds, fps=fps)
     # Half the bytes plus a few: the last 188-byte TS packet, and the frame in it, are cut.
     return cut_file(whole, folder / "truncated.ts", keep=0.5, extra_bytes=100)
+
+
+def make_scene_clip(
+    path: Path,
+    *,
+    seconds: float,
+    changes: tuple[float, ...],
+    box: tuple[int, int, int, int],
+    contents: tuple[str, ...] = ("chelsea", "rocket", "chelsea"),
+    fps: int = 10,
+    size: tuple[int, int] = (240, 320),
+    noise: float = 2.5,
+    passer_by: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Encode a fixed camera's scene as H.264: a still photo with sensor noise (Gaussian,
+    ``noise`` levels), a region ``box`` (x, y, w, h) whose content is a different photo
+    after each time in ``changes``, and a passer-by (a photo patch) crossing the lower
+    left part of the frame, outside the box.
+    """
+    rng = np.random.default_rng(seed)
+    height, width = size
+    background = photo("coffee", size).astype(np.float32)
+    x, y, w, h = box
+    pictures = [photo(name, (h, w)) for name in contents]
+    walker = photo("astronaut", (56, 56))
+    count = round(seconds * fps)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(fps)}
+        for index in range(count):
+            t = index / fps
+            noisy = background + rng.normal(0.0, noise, background.shape).astype(np.float32)
+            image = np.clip(noisy, 0, 255).astype(np.uint8)
+            shown = sum(1 for change in changes if t >= change - 1e-9)
+            image[y : y + h, x : x + w] = pictures[min(shown, len(pictures) - 1)]
+            if passer_by:
+                # Left to right along the bottom, once every 4 s; never inside the box.
+                left = int((t % 4.0) / 4.0 * (min(x, width) - 56)) if x >= 56 else 0
+                image[height - 56 :, left : left + 56] = walker
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

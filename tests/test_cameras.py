@@ -245,10 +245,8 @@ def test_quick_run_of_labelcast_fp32_writes_consistent_counts(
 @pytest.mark.slow
 def test_quick_search_of_every_variant(tiny_model: Path, workdir: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    # given every variant this labelcast has (regions-gate needs regions and the gate)
-    variants = ["naive", "fp32", "best"]
-    if cameras.regions_supported():
-        variants.append("regions-gate")
+    # given every variant
+    variants = ["naive", "fp32", "best", "regions-gate"]
 
     # when each is searched from 1 camera, two runs at most
     data = quick_run(

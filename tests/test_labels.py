@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -186,6 +187,7 @@ def test_change_and_state_payloads():
         "pipeline": "gw",
         "run": "r1",
         "stream": "door",
+        "region": None,
         "type": "change",
         "label": "dog",
         "previous": "cat",
@@ -195,6 +197,10 @@ def test_change_and_state_payloads():
         "seq": 12,
     }
     assert json.loads(change.to_json()) == change.to_dict()
+    # A region's change: its id and payload name the region
+    region = dataclasses.replace(change, region="gate")
+    assert region.to_dict()["id"] == "gw/door/gate/r1/12/change"
+    assert region.to_dict()["region"] == "gate"
     state = LabelState("gw", "door", None, None, T0)
     assert json.loads(state.to_json()) == {
         "label": None,

@@ -78,6 +78,7 @@ def test_every_event_has_the_schema_fields_with_their_types(two_stream_run):
             "pipeline",
             "run",
             "stream",
+            "region",
             "seq",
             "pts",
             "captured_at",
@@ -85,8 +86,10 @@ def test_every_event_has_the_schema_fields_with_their_types(two_stream_run):
             "labels",
             "model",
             "dropped",
+            "skipped",
         }
         assert event["schema"] == "labelcast.label/1"
+        assert event["region"] is None and event["skipped"] == 0  # no regions, no gate
         assert event["pipeline"] == "gateway-1"
         assert isinstance(event["seq"], int) and isinstance(event["pts"], float)
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["captured_at"])

@@ -94,7 +94,8 @@ class Postprocess:
 class StreamPostprocess:
     """The postprocess of mixed-stream batches: one ``Postprocess`` per distinct ``LabelsConfig``.
 
-    Streams that share a config (the usual case) share one matrix product per batch.
+    Keyed by subject: a stream, or a region of one (``<stream>/<region>``). Subjects
+    that share a config (the usual case) share one matrix product per batch.
     """
 
     def __init__(self, configs: dict[str, LabelsConfig], id2label: dict[int, str]) -> None:

@@ -70,6 +70,7 @@ class LabelTracker:
         *,
         pipeline: str,
         stream: str,
+        region: str | None = None,
         run: str = "",
         clock: Literal["pts", "wall"] = "pts",
     ) -> None:
@@ -77,6 +78,7 @@ class LabelTracker:
         self._min_score = min_score
         self._pipeline = pipeline
         self._stream = stream
+        self._region = region
         self._run = run
         self._use_pts = clock == "pts"
         self._method = config.method
@@ -100,6 +102,11 @@ class LabelTracker:
         """The stream's current state; ``None`` before the first frame."""
         return self._state
 
+    @property
+    def stream(self) -> str:
+        """The stream whose frames (or one region of them) this tracker follows."""
+        return self._stream
+
     def update(
         self, scores: npt.NDArray[np.floating], *, seq: int, pts: float, captured_at: float
     ) -> ChangeEvent | None:
@@ -107,16 +114,12 @@ class LabelTracker:
         self._advance(pts if self._use_pts else captured_at)
         self._last_at, self._last_seq = captured_at, seq
         smoothed = self._smooth(np.asarray(scores, dtype=np.float64))
-        best = int(np.argmax(smoothed))
-        best_score = float(smoothed[best])
-        if best_score >= self._min_score and best_score >= 0.0:
-            candidate: str | None = self._labels[best]
-            score: float | None = best_score
-        else:
-            candidate, score = None, None
+        candidate, score = self._candidate(smoothed)
         if self._state is None:
             # Streams start with no label, from their first frame.
-            self._state = LabelState(self._pipeline, self._stream, None, None, captured_at)
+            self._state = LabelState(
+                self._pipeline, self._stream, None, None, captured_at, self._region
+            )
             self._state_t = self._t
         if candidate == self._state.label:
             self._pending = None
@@ -130,6 +133,14 @@ class LabelTracker:
         if pending.frames < self._min_frames or led_s + _DWELL_TOLERANCE_S < self._min_dwell_s:
             return None
         return self._change(pending.label, pending.score, pending.first_t, pending.first_at, seq)
+
+    def _candidate(self, scores: npt.NDArray[np.float64]) -> tuple[str | None, float | None]:
+        """Return the top label of ``scores`` and its score, or no label below min_score."""
+        best = int(np.argmax(scores))
+        best_score = float(scores[best])
+        if best_score >= self._min_score and best_score >= 0.0:
+            return self._labels[best], best_score
+        return None, None
 
     def finish(self) -> ChangeEvent | None:
         """End the stream: ``end`` at its last frame if it has a label, so no stale state stays."""
@@ -147,6 +158,7 @@ class LabelTracker:
             pipeline=self._pipeline,
             run=self._run,
             stream=self._stream,
+            region=self._region,
             type=kind,
             label=label,
             previous=previous,
@@ -155,7 +167,7 @@ class LabelTracker:
             duration_s=max(0.0, since_t - self._state_t),
             seq=seq,
         )
-        self._state = LabelState(self._pipeline, self._stream, label, score, since)
+        self._state = LabelState(self._pipeline, self._stream, label, score, since, self._region)
         self._state_t = since_t
         self._pending = None
         return event

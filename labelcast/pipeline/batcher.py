@@ -7,15 +7,35 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from labelcast.frames import Frame
+from labelcast.frames import Frame, Subject
 
 
 @dataclass(frozen=True)
 class QueuedFrame:
-    """A sampled frame taken from its stream's queue, with the drops that preceded it."""
+    """A sampled frame taken from its stream's queue, with the drops that preceded it.
+
+    ``dropped`` counts the stream's frames dropped before it; ``subject_dropped`` and
+    ``subject_skipped`` count, per region (None: the whole frame), the pictures dropped
+    and the skips they carried, not yet reported in an event of that subject.
+    """
 
     frame: Frame
     dropped: int
+    subject_dropped: dict[str | None, int] = field(default_factory=dict)
+    subject_skipped: dict[str | None, int] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """How many pictures of the frame go to the classifier."""
+        return len(self.frame.subjects)
+
+    def dropped_before(self, subject: Subject) -> int:
+        """Pictures of ``subject`` dropped since its previous event."""
+        return self.subject_dropped.get(subject.region, 0)
+
+    def skipped_before(self, subject: Subject) -> int:
+        """Pictures of ``subject`` the change gate skipped since its previous event."""
+        return subject.skipped + self.subject_skipped.get(subject.region, 0)
 
 
 @dataclass
@@ -27,6 +47,30 @@ class _StreamQueue:
     dropped_pending: int = 0
     dropped_total: int = 0
     failed_pending: int = 0  # frames of failed batches, not yet reported in an event
+    # Per region (None: whole frame): pictures dropped, and the gate's skips they carried.
+    subject_dropped: dict[str | None, int] = field(default_factory=dict)
+    subject_skipped: dict[str | None, int] = field(default_factory=dict)
+
+    def lose(self, frame: Frame, skipped: dict[str | None, int] | None = None) -> None:
+        """Count a frame's pictures as dropped; their skips go to the next ones."""
+        for subject in frame.subjects:
+            region = subject.region
+            self.subject_dropped[region] = self.subject_dropped.get(region, 0) + 1
+            carried = subject.skipped + (skipped or {}).get(region, 0)
+            self.subject_skipped[region] = self.subject_skipped.get(region, 0) + carried
+
+    def take(self) -> QueuedFrame:
+        """Take the oldest frame with the drops (of the stream, of its subjects) before it."""
+        frame = self.frames.popleft()
+        regions = [subject.region for subject in frame.subjects]
+        item = QueuedFrame(
+            frame,
+            self.dropped_pending + self.failed_pending,
+            {r: self.subject_dropped.pop(r) for r in regions if r in self.subject_dropped},
+            {r: self.subject_skipped.pop(r) for r in regions if r in self.subject_skipped},
+        )
+        self.dropped_pending = self.failed_pending = 0
+        return item
 
 
 class StreamQueues:
@@ -56,6 +100,8 @@ class StreamQueues:
                 queue.dropped_pending = old.dropped_pending
                 queue.failed_pending = old.failed_pending
                 queue.dropped_total = old.dropped_total
+                queue.subject_dropped = old.subject_dropped
+                queue.subject_skipped = old.subject_skipped
             self._queues[stream] = queue
             if stream not in self._order:
                 self._order.append(stream)
@@ -82,7 +128,7 @@ class StreamQueues:
             queue = self._queues[frame.stream]
             if queue.live:
                 if len(queue.frames) >= queue.capacity:
-                    queue.frames.popleft()
+                    queue.lose(queue.frames.popleft())
                     queue.dropped_pending += 1
                     queue.dropped_total += 1
             else:
@@ -115,17 +161,22 @@ class StreamQueues:
             queue = self._queues.get(stream)
             return len(queue.frames) if queue is not None else 0
 
-    def count_failed(self, stream: str, frames: int) -> None:
-        """Count frames of ``stream`` dropped after they left the queue (a batch that failed).
+    def count_failed(self, item: QueuedFrame) -> None:
+        """Count a frame dropped after it left the queue (a batch that failed).
 
-        They are reported like queue drops, in the ``dropped`` of the stream's next frame;
-        :meth:`take_unreported_failed` returns those no later frame reported.
+        It and the drops it carried are reported like queue drops, in the ``dropped``
+        of the next events; :meth:`take_unreported_failed` returns the stream's frames
+        no later frame reported.
         """
         with self._cond:
-            queue = self._queues.get(stream)
+            queue = self._queues.get(item.frame.stream)
             if queue is not None:
+                frames = item.dropped + 1
                 queue.failed_pending += frames
                 queue.dropped_total += frames
+                for region, count in item.subject_dropped.items():
+                    queue.subject_dropped[region] = queue.subject_dropped.get(region, 0) + count
+                queue.lose(item.frame, item.subject_skipped)
 
     def take_unreported_failed(self) -> dict[str, int]:
         """Return (and forget) each stream's failed frames that no frame reported yet."""
@@ -145,7 +196,9 @@ class StreamQueues:
     ) -> list[QueuedFrame] | None:
         """Wait for frames and return up to ``max_size`` of them, round-robin across streams.
 
-        The batch is returned when it is full, ``max_wait_s`` after its first frame, or
+        ``max_size`` counts pictures: a frame with regions brings one per subject (a frame
+        that does not fit waits for the next batch). The batch is returned when it is
+        full, ``max_wait_s`` after its first frame, or
         when no open stream can add to it. Returns an empty batch after ``idle_s`` with
         no frame (so the caller can show it is alive), and None once every stream has
         ended and all their frames were handed out.
@@ -161,9 +214,9 @@ class StreamQueues:
             deadline = time.monotonic() + max_wait_s
             batch: list[QueuedFrame] = []
             while True:
-                self._take_round_robin(batch, max_size)
+                full = self._take_round_robin(batch, max_size)
                 remaining = deadline - time.monotonic()
-                if len(batch) >= max_size or remaining <= 0 or self._all_ended():
+                if full or remaining <= 0 or self._all_ended():
                     break
                 self._cond.wait(remaining)
             self._forget_ended()
@@ -176,21 +229,26 @@ class StreamQueues:
     def _all_ended(self) -> bool:
         return all(q.closed for q in self._queues.values()) and not self._has_frames()
 
-    def _take_round_robin(self, batch: list[QueuedFrame], max_size: int) -> None:
+    def _take_round_robin(self, batch: list[QueuedFrame], max_size: int) -> bool:
+        """Add frames to ``batch``, one per stream in turn; return whether it is full."""
+        size = sum(item.size for item in batch)
         taken = True
-        while taken and len(batch) < max_size:
+        while taken:
             taken = False
             for _ in range(len(self._order)):
-                if len(batch) >= max_size:
-                    break
                 stream = self._order[self._next % len(self._order)]
-                self._next = (self._next + 1) % len(self._order)
                 queue = self._queues[stream]
                 if queue.frames:
-                    dropped = queue.dropped_pending + queue.failed_pending
-                    batch.append(QueuedFrame(queue.frames.popleft(), dropped))
-                    queue.dropped_pending = queue.failed_pending = 0
+                    # The first frame always fits: config keeps a frame's pictures <= max_size.
+                    if batch and size + len(queue.frames[0].subjects) > max_size:
+                        return True
+                    batch.append(queue.take())
+                    size += batch[-1].size
                     taken = True
+                self._next = (self._next + 1) % len(self._order)
+                if size >= max_size:
+                    return True
+        return False
 
     def _forget_ended(self) -> None:
         for stream in [s for s in self._order if self._queues[s].closed]:

@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from labelcast.config import PipelineConfig
+from labelcast.config import PipelineConfig, SourceConfig
 from labelcast.errors import BatchError, LabelcastError
-from labelcast.frames import ChangeEvent, Label, LabelEvent, ModelInfo
+from labelcast.frames import ChangeEvent, Label, LabelEvent, ModelInfo, Subject, subject_path
 from labelcast.labels.postprocess import StreamPostprocess
 from labelcast.labels.smoothing import LabelTracker
 from labelcast.model.backends.base import Backend, Pending
@@ -37,54 +37,76 @@ class Labelling:
 
     backend: Backend
     postprocess: StreamPostprocess
-    trackers: dict[str, LabelTracker]
+    trackers: dict[str, LabelTracker]  # by subject (subject_path)
     model_info: ModelInfo
+
+    @property
+    def streams(self) -> frozenset[str]:
+        """The streams whose frames these rules classify."""
+        return frozenset(tracker.stream for tracker in self.trackers.values())
 
 
 def build_labelling(
     config: PipelineConfig, backend: Backend, previous: Labelling | None, state: PipelineState
 ) -> Labelling:
-    """Build each stream's postprocess and tracker (its labels and smoothing overrides).
+    """Build each subject's postprocess and tracker (its labels and smoothing overrides).
 
-    A stream whose rules, model and pipeline name are unchanged from ``previous`` (built
-    for ``state.config``, the running config) keeps its tracker, so a reload does not
-    reset its state.
+    Subjects are keyed by ``subject_path``: a stream's whole frame and each of its
+    regions. A subject whose rules, model and pipeline name are unchanged from
+    ``previous`` (built for ``state.config``, the running config) keeps its tracker, so
+    a reload does not reset its state.
     """
     current = state.config
-    rules = {source.id: config.stream_labels(source.id) for source in config.sources}
+    rules = {
+        subject_path(source.id, region): config.subject_labels(source.id, region)
+        for source in config.sources
+        for region in _regions(source)
+    }
     postprocess = StreamPostprocess(
-        {stream: labels for stream, (labels, _) in rules.items()}, backend.id2label
+        {subject: labels for subject, (labels, _) in rules.items()}, backend.id2label
     )
     trackers: dict[str, LabelTracker] = {}
     for source in config.sources:
-        labels, smoothing = rules[source.id]
-        if (
-            previous is not None
-            and previous.backend is backend
-            and config.name == current.name
-            and source.id in previous.trackers
-            and _rules_of(current, source.id) == rules[source.id]
-        ):
-            trackers[source.id] = previous.trackers[source.id]
-            continue
         live = source_class(source.type).live_for(source)
-        trackers[source.id] = LabelTracker(
-            smoothing,
-            postprocess.of(source.id).names,
-            labels.min_score,
-            pipeline=config.name,
-            stream=source.id,
-            run=state.run_id,
-            clock=smoothing.resolved_clock(live),
-        )
+        for region in _regions(source):
+            subject = subject_path(source.id, region)
+            labels, smoothing = rules[subject]
+            if (
+                previous is not None
+                and previous.backend is backend
+                and config.name == current.name
+                and subject in previous.trackers
+                and _rules_of(current, source.id, region) == rules[subject]
+            ):
+                trackers[subject] = previous.trackers[subject]
+                continue
+            trackers[subject] = LabelTracker(
+                smoothing,
+                postprocess.of(subject).names,
+                labels.min_score,
+                pipeline=config.name,
+                stream=source.id,
+                region=region,
+                run=state.run_id,
+                clock=smoothing.resolved_clock(live),
+            )
     info = backend.info
     model_info = ModelInfo(info.id, info.revision, info.precision)
     return Labelling(backend, postprocess, trackers, model_info)
 
 
-def _rules_of(config: PipelineConfig, stream: str) -> tuple[object, object] | None:
-    if any(source.id == stream for source in config.sources):
-        return config.stream_labels(stream)
+def _regions(source: SourceConfig) -> list[str | None]:
+    """Return a source's subjects by region: None for the whole frame (when classified)."""
+    whole: list[str | None] = [None] if source.classifies_whole_frame else []
+    return whole + [region.id for region in source.regions]
+
+
+def _rules_of(
+    config: PipelineConfig, stream: str, region: str | None
+) -> tuple[object, object] | None:
+    for source in config.sources:
+        if source.id == stream and region in _regions(source):
+            return config.subject_labels(stream, region)
     return None
 
 
@@ -93,6 +115,7 @@ class _Submitted:
     """A batch handed to the backend: ``pending.result()`` waits for its scores."""
 
     batch: list[QueuedFrame]
+    pictures: list[tuple[QueuedFrame, Subject]]  # the rows of the scores, in order
     labelling: Labelling
     started: float  # time.perf_counter() at submission
     pending: Pending
@@ -120,7 +143,7 @@ class ClassifyLoop:
         self._batch_stats = batch_stats
         self._pending: Labelling | None = None  # handed over by a reload
         self._adopted = threading.Event()
-        self._seqs: dict[str, int] = {}  # events per stream, across reloads
+        self._seqs: dict[str, int] = {}  # events per subject, across reloads
 
     def run(self) -> None:
         """Classify batches until every stream has ended, or ``abort``; errors end it too.
@@ -163,7 +186,8 @@ class ClassifyLoop:
                 in_flight = self._complete_before_reload(in_flight)
                 labelling = self._take_pending(batch)
                 self._count_batch(batch)
-                images = [item.frame.image for item in batch]
+                pictures = [(item, subject) for item in batch for subject in item.frame.subjects]
+                images = [item.frame.picture(subject) for item, subject in pictures]
                 backend = labelling.backend
                 if self_check_pending:
                     self_check_pending = False
@@ -179,9 +203,9 @@ class ClassifyLoop:
                     # frames count as dropped, in each stream's next event; the pipeline goes on.
                     log.warning("%s", exc)
                     for item in batch:
-                        queues.count_failed(item.frame.stream, item.dropped + 1)
+                        queues.count_failed(item)
                     continue
-                submitted = _Submitted(batch, labelling, started, pending)
+                submitted = _Submitted(batch, pictures, labelling, started, pending)
                 if in_flight is not None:
                     self._complete(in_flight)
                     in_flight = None
@@ -233,12 +257,12 @@ class ClassifyLoop:
         """
         current = self.labelling
         pending = self._pending
-        if pending is None or any(item.frame.stream not in pending.trackers for item in batch):
+        if pending is None or any(item.frame.stream not in pending.streams for item in batch):
             return current
         self._pending = None
         # Streams that are gone end their state, so no retained state is left behind.
-        for stream, tracker in current.trackers.items():
-            if pending.trackers.get(stream) is not tracker:
+        for subject, tracker in current.trackers.items():
+            if pending.trackers.get(subject) is not tracker:
                 self._publish_change(tracker, tracker.finish())
         self.labelling = pending
         self._adopted.set()
@@ -263,24 +287,28 @@ class ClassifyLoop:
         # Frames of a stream a reload removed that were still queued when the classifier
         # adopted the new rules (the reload waits at most shutdown_timeout_s for them)
         # have no rules any more: they are dropped, and counted here.
+        streams = labelling.streams
+        known = [item for item in submitted.batch if item.frame.stream in streams]
+        if len(known) < len(submitted.batch):
+            self._drop_removed([i for i in submitted.batch if i.frame.stream not in streams])
         rows = [
-            i for i, item in enumerate(submitted.batch) if item.frame.stream in labelling.trackers
+            i
+            for i, (item, subject) in enumerate(submitted.pictures)
+            if _subject(item, subject) in labelling.trackers
         ]
-        if len(rows) < len(submitted.batch):
-            self._drop_removed(
-                [item for item in submitted.batch if item.frame.stream not in labelling.trackers]
-            )
+        if len(rows) < len(submitted.pictures):
             probs = probs[rows]
-        batch = [submitted.batch[i] for i in rows]
-        streams = [item.frame.stream for item in batch]
-        for item, (labels, scores) in zip(
-            batch, labelling.postprocess.run(streams, probs), strict=True
-        ):
+        pictures = [submitted.pictures[i] for i in rows]
+        subjects = [_subject(item, subject) for item, subject in pictures]
+        for item in known:
+            self._count_frame(item)
+        results = labelling.postprocess.run(subjects, probs)
+        for (item, subject), key, (labels, scores) in zip(pictures, subjects, results, strict=True):
             frame = item.frame
-            seq = self._seqs.get(frame.stream, 0) + 1
-            self._seqs[frame.stream] = seq
-            self._publish(item, labels, seq, labelling.model_info)
-            tracker = labelling.trackers[frame.stream]
+            seq = self._seqs.get(key, 0) + 1
+            self._seqs[key] = seq
+            self._publish(item, subject, labels, seq, labelling.model_info)
+            tracker = labelling.trackers[key]
             change = tracker.update(scores, seq=seq, pts=frame.pts, captured_at=frame.captured_at)
             self._publish_change(tracker, change)
 
@@ -307,14 +335,22 @@ class ClassifyLoop:
             stats.multi_stream += 1
         self._metrics.batch_size.observe(len(batch))
 
+    def _count_frame(self, item: QueuedFrame) -> None:
+        """Count a frame as classified (all its pictures), with the frames dropped before it."""
+        stats = self._state.stats[item.frame.stream]
+        stats.classified += 1
+        stats.dropped += item.dropped
+
     def _publish(
-        self, item: QueuedFrame, labels: tuple[Label, ...], seq: int, model_info: ModelInfo
+        self,
+        item: QueuedFrame,
+        subject: Subject,
+        labels: tuple[Label, ...],
+        seq: int,
+        model_info: ModelInfo,
     ) -> None:
         state = self._state
         frame = item.frame
-        stats = state.stats[frame.stream]
-        stats.classified += 1
-        stats.dropped += item.dropped
         latency_s = time.time() - frame.captured_at
         self._metrics.latency_seconds.observe(latency_s)
         event = LabelEvent(
@@ -327,8 +363,12 @@ class ClassifyLoop:
             latency_ms=latency_s * 1000.0,
             labels=labels,
             model=model_info,
-            dropped=item.dropped,
+            dropped=item.dropped_before(subject),
+            region=subject.region,
+            skipped=item.skipped_before(subject),
         )
+        stats = state.stats[frame.stream]
+        stats.events[subject.region] = stats.events.get(subject.region, 0) + 1
         self._state.sinks.publish(event, frame)
 
     def _publish_change(self, tracker: LabelTracker, change: ChangeEvent | None) -> None:
@@ -336,6 +376,11 @@ class ClassifyLoop:
         if change is None or state is None:
             return
         log.debug(
-            "stream %s: %s %s -> %s", change.stream, change.type, change.previous, change.label
+            "stream %s: %s %s -> %s", change.subject, change.type, change.previous, change.label
         )
         self._state.sinks.publish_change(change, state)
+
+
+def _subject(item: QueuedFrame, subject: Subject | None) -> str:
+    """Return the subject key of a frame's picture."""
+    return subject_path(item.frame.stream, None if subject is None else subject.region)

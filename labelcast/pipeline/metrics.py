@@ -99,7 +99,7 @@ class _PipelineCollector(Collector):
         stream_counters = {
             "frames_decoded": ("Frames decoded.", "decoded"),
             "frames_sampled": ("Frames sampled for classification.", "sampled"),
-            "frames_classified": ("Frames classified (one event each).", "classified"),
+            "frames_classified": ("Frames classified (one event per subject each).", "classified"),
             "frames_dropped": (
                 "Sampled frames dropped because the classifier was behind.",
                 "dropped",
@@ -120,14 +120,31 @@ class _PipelineCollector(Collector):
             "1 while the stream is online.",
             labels=["pipeline", "stream"],
         )
+        # Per subject: region "" is the whole frame.
+        skipped = CounterMetricFamily(
+            "labelcast_frames_skipped",
+            "Pictures the change gate found unchanged (not classified), per subject.",
+            labels=["pipeline", "stream", "region"],
+        )
+        events = CounterMetricFamily(
+            "labelcast_label_events",
+            "Label events published (pictures classified), per subject.",
+            labels=["pipeline", "stream", "region"],
+        )
         for stream, stats in list(pipeline.stats.items()):
             for key, (_, attribute) in stream_counters.items():
                 families[key].add_metric([name, stream], getattr(stats, attribute))
             depth.add_metric([name, stream], pipeline.queue_depth(stream))
             online.add_metric([name, stream], 1.0 if stats.state == "online" else 0.0)
+            for region, count in list(stats.skipped.items()):
+                skipped.add_metric([name, stream, region or ""], count)
+            for region, count in list(stats.events.items()):
+                events.add_metric([name, stream, region or ""], count)
         yield from families.values()
         yield depth
         yield online
+        yield skipped
+        yield events
 
         sink_events = CounterMetricFamily(
             "labelcast_sink_events",

@@ -16,10 +16,13 @@ class StreamStats:
     """Progress of one stream, updated by the pipeline's threads.
 
     ``sampled`` counts frames queued for the classifier, ``classified`` those classified
-    (one event each) and ``dropped`` those that never will be (a live stream's full queue,
-    a failed batch). ``total_frames`` is how many frames the source will decode when it
-    knows (a file's frame count). ``ended`` is set once the source has stopped yielding
-    frames: its queued frames may still wait for the classifier.
+    (one event per subject each) and ``dropped`` those that never will be (a live stream's
+    full queue, a failed batch); ``skipped`` counts, per region (None: the whole frame),
+    the pictures the change gate found unchanged (a frame all of whose pictures were
+    skipped is not queued, so not sampled: ``unchanged`` counts those frames).
+    ``total_frames`` is how many frames the source will decode when it knows (a file's
+    frame count). ``ended`` is set once the source has stopped yielding frames: its
+    queued frames may still wait for the classifier.
     """
 
     stream: str
@@ -39,6 +42,9 @@ class StreamStats:
     run_first_index: int | None = None
     run_last_index: int | None = None
     run_sampled: int = 0
+    skipped: dict[str | None, int] = field(default_factory=dict)
+    unchanged: int = 0
+    events: dict[str | None, int] = field(default_factory=dict)  # label events per region
 
     def opened(self, total_frames: int | None) -> None:
         """Record that the stream's source (re)opened and how many frames it will decode."""

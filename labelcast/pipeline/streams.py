@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from labelcast.config import SourceConfig
 from labelcast.errors import SourceError
 from labelcast.frames import StreamState, StreamStatus, UnsampledFrame
+from labelcast.pipeline.regions import SubjectPicker
 from labelcast.pipeline.state import PipelineState, StreamStats
 from labelcast.sources import source_class
 from labelcast.sources.base import Source, UnsampledTap
@@ -147,15 +148,21 @@ class Streams:
                 if not handle.stop.is_set():  # a live source stopped while connecting
                     self.set_status(stream, "online", None)
                 stats.opened(source.frame_count_hint)
+                picker = SubjectPicker(state.config, config, stats.skipped)
                 frames = source.frames()
                 with contextlib.closing(frames):  # type: ignore[type-var]
-                    for frame in frames:
+                    for sampled in frames:
                         stats.decoded = source.frames_decoded
-                        # A frame in hand was sampled: it is queued even when stopping.
-                        if not state.queues.put(frame, state.abort):
-                            break
-                        stats.count_sampled(frame.index)
                         stats.last_progress = time.monotonic()
+                        # Regions cut out, unchanged pictures gated (None: nothing changed).
+                        frame = picker.pick(sampled)
+                        # A frame in hand was sampled: it is queued even when stopping.
+                        if frame is not None:
+                            if not state.queues.put(frame, state.abort):
+                                break
+                            stats.count_sampled(frame.index)
+                        else:
+                            stats.unchanged += 1
                         if handle.stop.is_set():
                             break
                 stats.decoded = source.frames_decoded

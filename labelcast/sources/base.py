@@ -6,10 +6,11 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labelcast.frames import Frame, StreamState, UnsampledFrame
 from labelcast.labels.config import LabelsConfig, SmoothingConfig
+from labelcast.sources.regions import GateConfig, RegionConfig
 from labelcast.sources.sampler import SampleConfig
 
 # Called with each decoded frame the sampler skipped (see Source.on_unsampled).
@@ -64,6 +65,49 @@ class SourceConfigBase(BaseModel):
             "smoothing keys (setting method drops the pipeline's alpha and window)."
         ),
     ] = None
+    regions: Annotated[
+        list[RegionConfig],
+        Field(
+            max_length=64,
+            description="Named boxes of the frame, each classified as a subject of its own "
+            "(docs/regions.md).",
+        ),
+    ] = []
+    whole_frame: Annotated[
+        bool | None,
+        Field(
+            description="Classify the whole frame too (default: true without regions, "
+            "false with regions)."
+        ),
+    ] = None
+    gate: Annotated[
+        GateConfig | None,
+        Field(
+            description="Change gate: a picture is classified only when it changed since "
+            "the last one classified, or max_interval_s passed (default: every sampled one)."
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _subjects_are_named_once(self) -> SourceConfigBase:
+        seen: set[str] = set()
+        for region in self.regions:
+            if region.id in seen:
+                raise ValueError(f"regions: the id {region.id!r} is used twice")
+            seen.add(region.id)
+        if self.whole_frame is False and not self.regions:
+            raise ValueError("whole_frame: false needs at least one region")
+        return self
+
+    @property
+    def classifies_whole_frame(self) -> bool:
+        """Whether the whole frame is a subject (``whole_frame``, or its default)."""
+        return self.whole_frame if self.whole_frame is not None else not self.regions
+
+    @property
+    def subject_count(self) -> int:
+        """How many pictures of each frame may be classified (its subjects)."""
+        return len(self.regions) + (1 if self.classifies_whole_frame else 0)
 
 
 class Source(Protocol):
@@ -95,6 +139,11 @@ class Source(Protocol):
     @property
     def frame_count_hint(self) -> int | None:
         """How many frames the stream will decode, if known once open (a file's); else None."""
+        ...
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """The decoded frames' (width, height) once open, if known before the first (a file's)."""
         ...
 
     @property

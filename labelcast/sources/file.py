@@ -95,6 +95,7 @@ class FileSource:
         self._stream: av.video.stream.VideoStream | None = None
         self.frames_decoded = 0
         self.frame_count_hint: int | None = None
+        self.frame_size: tuple[int, int] | None = None
         self.on_unsampled: UnsampledTap | None = None
         self.live = config.realtime
         self._loop = config.loop
@@ -111,6 +112,8 @@ class FileSource:
         # a looped file has no end.
         known = not self._keyframes and not self._loop
         self.frame_count_hint = (stream.frames or None) if known else None
+        width, height = stream.codec_context.width, stream.codec_context.height
+        self.frame_size = (width, height) if width > 0 and height > 0 else None
         return self
 
     def _open(self) -> None:

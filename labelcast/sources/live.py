@@ -167,6 +167,7 @@ class LiveSource:
     live = True
     # A live stream has no end, so no frame count to show progress against.
     frame_count_hint: int | None = None
+    frame_size: tuple[int, int] | None = None  # known only once frames arrive
     # Whether a new connection must wait until the previous producer let go of the
     # stream (a V4L2 device can be opened only once).
     _exclusive = False

@@ -1,4 +1,7 @@
-"""Home Assistant MQTT discovery: one retained sensor config per stream, showing its label."""
+"""Home Assistant MQTT discovery: one retained sensor config per subject, showing its label.
+
+A subject is a stream's whole frame (``door``) or a region of it (``door/gate``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import re
 from labelcast.sinks.mqtt.config import MqttSinkConfig
 
 
-def discovery_message(config: MqttSinkConfig, pipeline: str, stream: str) -> tuple[str, bytes]:
-    """Return the topic and payload of Home Assistant's discovery config of one stream's sensor."""
+def discovery_message(config: MqttSinkConfig, pipeline: str, subject: str) -> tuple[str, bytes]:
+    """Return the topic and payload of Home Assistant's discovery config of one subject's sensor."""
+    stream = subject
     ha = config.homeassistant
     node = _slug(f"{config.topic_prefix}_{pipeline}")
     state = config.topic(pipeline, stream, "state")

@@ -47,7 +47,8 @@ def listen(
 
     context = tls_context(config.tls) if config.tls is not None else None
     base = f"{config.topic_prefix}/{pipeline}"
-    topic = f"{base}/#" if everything else f"{base}/+/labels"
+    # Label events of whole frames (<stream>/labels) and of regions (<stream>/<region>/labels).
+    topics = [f"{base}/#"] if everything else [f"{base}/+/labels", f"{base}/+/+/labels"]
     done = stop or threading.Event()
     answers: list[ReasonCode] = []
     printed = 0
@@ -57,8 +58,8 @@ def listen(
     ) -> None:
         answers.append(reason)
         if not reason.is_failure:
-            client.subscribe(topic, qos=1)
-            log.info("listening on %s to %s", config.where, topic)
+            client.subscribe([(topic, 1) for topic in topics])
+            log.info("listening on %s to %s", config.where, ", ".join(topics))
 
     def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         nonlocal printed

@@ -85,8 +85,8 @@ class MqttSink(OutboxSink):
             raise
         if not probe.ok:
             log.warning("%s; events wait in the outbox %s until it answers", probe.message, path)
-        # The pipeline and the streams seen so far, on the sink's thread.
-        self._streams: set[str] = set()
+        # The subjects (streams, regions) seen so far, on the sink's thread.
+        self._subjects: set[str] = set()
         if pipeline is not None:
             self._publisher.know(pipeline)
         self._publisher.start()
@@ -106,26 +106,29 @@ class MqttSink(OutboxSink):
     # -- the sink protocol (the sink's thread) ---------------------------------------------
 
     def send(self, event: LabelEvent, frame: Frame) -> None:
-        """Append the event to the outbox (``<stream>/labels``); never waits for the broker."""
-        self._learn(event.pipeline, event.stream)
-        self.publish(event.pipeline, event.stream, "labels", event.to_json().encode(), qos=None)
+        """Append the event to the outbox (``<subject>/labels``); never waits for the broker.
+
+        A subject is a stream (its whole frame) or a region of one: ``<stream>/<region>``.
+        """
+        self._learn(event.pipeline, event.subject)
+        self.publish(event.pipeline, event.subject, "labels", event.to_json().encode(), qos=None)
 
     def send_status(self, status: StreamStatus) -> None:
         """Append the stream's state to the outbox as the retained ``<stream>/status``."""
-        self._learn(status.pipeline, status.stream)
+        self._publisher.know(status.pipeline)
         payload = json.dumps(status.to_dict(), separators=(",", ":")).encode()
         self.publish(status.pipeline, status.stream, "status", payload, qos=1, retain=True)
 
     def send_change(self, change: ChangeEvent, state: LabelState) -> None:
-        """Append the change to ``<stream>/events`` and the new state to ``<stream>/state``.
+        """Append the change to ``<subject>/events`` and the new state to ``<subject>/state``.
 
         The change goes with the configured QoS, like label events; the state is
         retained (a new subscriber, or Home Assistant after a restart, reads it at once).
         """
-        self._learn(change.pipeline, change.stream)
-        self.publish(change.pipeline, change.stream, "events", change.to_json().encode(), qos=None)
+        self._learn(change.pipeline, change.subject)
+        self.publish(change.pipeline, change.subject, "events", change.to_json().encode(), qos=None)
         self.publish(
-            state.pipeline, state.stream, "state", state.to_json().encode(), qos=1, retain=True
+            state.pipeline, state.subject, "state", state.to_json().encode(), qos=1, retain=True
         )
 
     def publish(
@@ -188,12 +191,12 @@ class MqttSink(OutboxSink):
 
         return check_delivery(f"mqtt sink {config.where}", outbox_path(config), probe)
 
-    # -- learning the pipeline and its streams ---------------------------------------------
+    # -- learning the pipeline and its subjects --------------------------------------------
 
-    def _learn(self, pipeline: str, stream: str) -> None:
+    def _learn(self, pipeline: str, subject: str) -> None:
         self._publisher.know(pipeline)
-        if stream in self._streams:
+        if subject in self._subjects:
             return
-        self._streams.add(stream)
+        self._subjects.add(subject)
         if self.config.homeassistant.discovery:
-            self._session.put(*discovery_message(self.config, pipeline, stream))
+            self._session.put(*discovery_message(self.config, pipeline, subject))

@@ -6,10 +6,11 @@ config file) loads without them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from labelcast.frames import ChangeEvent, LabelEvent, format_timestamp
+from labelcast.frames import Box, ChangeEvent, LabelEvent, format_timestamp
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,6 +33,18 @@ class Highlight:
     until_pts: float | None
 
 
+@dataclass(frozen=True)
+class RegionMark:
+    """A region to draw: its id, its box (pixels) and the text of its latest label."""
+
+    region: str
+    box: Box
+    text: str
+
+
+_REGION_COLOUR = (0, 220, 255)
+
+
 _FONTS: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
 
 
@@ -52,13 +65,16 @@ def draw_overlay(
     *,
     top_k: int = 3,
     highlight: str | None = None,
+    regions: Sequence[RegionMark] = (),
 ) -> npt.NDArray[np.uint8]:
     """Return a copy of ``image`` with the event's banner drawn on it (the input is untouched).
 
     The banner spans the top of the frame: a darkened band (orange after a change) with
     the stream id and capture time on the first line and the top labels with scores on
-    the second; its height scales with the frame's. Only the banner is converted to a
-    Pillow image, so the cost is bounded by its size.
+    the second (the whole frame's: none when a region's event brought the frame); its
+    height scales with the frame's. Each of ``regions`` is outlined with its label
+    inside its top edge. Only the banner and the labels are converted to Pillow images,
+    so the cost is bounded by their size.
     """
     import numpy as np
     from PIL import Image, ImageDraw
@@ -68,8 +84,11 @@ def draw_overlay(
     size = max(10, round(height / 24))
     pad = max(2, size // 3)
     lines = [f"{event.stream}  {format_timestamp(event.captured_at)}  #{event.seq}"]
-    labels = "   ".join(f"{lb.label} {lb.score:.2f}" for lb in event.labels[:top_k])
-    lines.append(labels or "(no label)")
+    if event.region is None:
+        labels = "   ".join(f"{lb.label} {lb.score:.2f}" for lb in event.labels[:top_k])
+        lines.append(labels or "(no label)")
+    for mark in regions:
+        _draw_region(out, mark, size)
     if highlight is not None:
         lines.append(highlight)
     banner_h = min(height, pad + len(lines) * (size + pad))
@@ -91,10 +110,33 @@ def draw_overlay(
     return out
 
 
+def _draw_region(out: npt.NDArray[np.uint8], mark: RegionMark, size: int) -> None:
+    """Outline a region's box on ``out`` and write its label inside the box's top edge."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    x, y, w, h = mark.box
+    edge = max(2, size // 6)
+    colour = np.array(_REGION_COLOUR, np.uint8)
+    box = out[y : y + h, x : x + w]
+    box[:edge], box[-edge:], box[:, :edge], box[:, -edge:] = colour, colour, colour, colour
+    label_h = min(h - edge, size + 4)
+    if label_h <= 0 or w <= 2 * edge:
+        return
+    band = box[edge : edge + label_h, edge : w - edge]
+    band[:] = (band.astype(np.float32) * 0.3).astype(np.uint8)
+    canvas = Image.fromarray(band)
+    ImageDraw.Draw(canvas).text(
+        (2, 2), f"{mark.region}: {mark.text}", fill=(255, 255, 255), font=_font(size)
+    )
+    band[:] = np.asarray(canvas)
+
+
 def describe_change(change: ChangeEvent) -> str:
-    """Return the line drawn on frames after a change of a stream's label."""
+    """Return the line drawn on frames after a change of a stream's (or region's) label."""
+    where = f"{change.region}: " if change.region is not None else ""
     if change.type == "start":
-        return f"START {change.label}"
+        return f"{where}START {change.label}"
     if change.type == "end":
-        return f"END {change.previous}"
-    return f"CHANGE {change.previous} -> {change.label}"
+        return f"{where}END {change.previous}"
+    return f"{where}CHANGE {change.previous} -> {change.label}"

@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labelcast.errors import SinkError
@@ -62,6 +62,7 @@ class _StreamView:
     score: float | None = None
     state: str | None = None
     status: str | None = None
+    regions: dict[str, str | None] = field(default_factory=dict)  # region -> smoothed label
 
 
 class Preview:
@@ -132,19 +133,24 @@ class Preview:
             )
             view.image = image
             view.version += 1
-            top = event.labels[0] if event.labels else None
-            view.label = None if top is None else top.label
-            view.score = None if top is None else top.score
+            if event.region is None:  # a region's labels are drawn in its box
+                top = event.labels[0] if event.labels else None
+                view.label = None if top is None else top.label
+                view.score = None if top is None else top.score
             now = time.monotonic()
             # Waking the encoder for every picture (a hundred a second) would take the
             # GIL from the classifier as often: wake it only when it has a use for it.
             if view.wanted_until > now and (not pending or view.next_encode_at <= now):
                 self._new_image.notify()
 
-    def set_state(self, stream: str, state: LabelState) -> None:
-        """Remember a stream's smoothed label."""
+    def set_state(self, stream: str, state: LabelState, region: str | None = None) -> None:
+        """Remember a stream's (or one of its regions') smoothed label."""
         with self._lock:
-            self._views.setdefault(stream, _StreamView()).state = state.label
+            view = self._views.setdefault(stream, _StreamView())
+            if region is None:
+                view.state = state.label
+            else:
+                view.regions[region] = state.label
 
     def set_status(self, status: StreamStatus) -> None:
         """Remember a stream's source state."""
@@ -152,7 +158,10 @@ class Preview:
             self._views.setdefault(status.stream, _StreamView()).status = status.state
 
     def summary(self) -> list[dict[str, Any]]:
-        """Each stream's id, top label and score, smoothed and source state, and counts."""
+        """Each stream's id, top label and score, smoothed and source state, and counts.
+
+        ``regions`` maps each of the stream's regions to its smoothed label.
+        """
         with self._lock:
             return [
                 {
@@ -161,6 +170,7 @@ class Preview:
                     "score": None if view.score is None else round(view.score, 4),
                     "state": view.state,
                     "status": view.status,
+                    "regions": dict(view.regions),
                     "frames": view.version,
                     "jpeg_encodes": view.jpeg_encodes,
                 }

@@ -33,7 +33,7 @@ from labelcast.frames import (
 )
 from labelcast.sinks.base import LocalSink
 from labelcast.sinks.overlay.config import OverlaySinkConfig
-from labelcast.sinks.overlay.drawing import Highlight, describe_change, draw_overlay
+from labelcast.sinks.overlay.drawing import Highlight, RegionMark, describe_change, draw_overlay
 from labelcast.sinks.overlay.preview import Preview
 from labelcast.util.http import address_family, parse_bind
 from labelcast.util.paths import existing_ancestor, writable_folder
@@ -75,6 +75,8 @@ class OverlaySink(LocalSink):
         self.unsampled_dropped = 0  # all-frames: frames dropped from a full buffer
         self._in_drop_burst = False
         self._highlights: dict[str, Highlight] = {}
+        # Each stream's regions with their latest labels, drawn on every frame written.
+        self._marks: dict[str, dict[str, RegionMark]] = {}
         self._recordings: dict[str, Recording] = {}
         self._preview = Preview(config.preview) if config.preview is not None else None
 
@@ -115,6 +117,14 @@ class OverlaySink(LocalSink):
             raise SinkError(
                 f"{self.name}: event of {event.stream} came with a frame of {frame.stream}"
             )
+        held = self._pending.get(event.stream)
+        if event.region is not None:
+            self._mark(event, frame)
+            if held is not None and held.frame.index == frame.index:
+                # Another picture of the frame already held: it is drawn with this label.
+                if self._preview is not None:
+                    self._preview.update(event.stream, self._draw(held.event, held.frame), event)
+                return
         previous = self._pending.pop(event.stream, None)
         self._pending[event.stream] = _Pending(event, frame)
         if previous is not None:
@@ -129,11 +139,15 @@ class OverlaySink(LocalSink):
     def send_change(self, change: ChangeEvent, state: LabelState) -> None:
         """Highlight the frame that confirmed the change, and those after it for a while."""
         pending = self._pending.get(change.stream)
-        confirming = pending is not None and pending.event.seq == change.seq
+        confirming = (
+            pending is not None
+            and pending.event.seq == change.seq
+            and pending.event.region == change.region
+        )
         # Not the held frame (it was dropped): the highlight begins with the next frame.
         self._highlights[change.stream] = Highlight(describe_change(change), None)
         if self._preview is not None:
-            self._preview.set_state(change.stream, state)
+            self._preview.set_state(change.stream, state, change.region)
             if pending is not None and confirming:
                 self._preview.update(
                     change.stream, self._draw(pending.event, pending.frame), pending.event
@@ -181,7 +195,19 @@ class OverlaySink(LocalSink):
                 text = highlight.text
             else:
                 del self._highlights[event.stream]
-        return draw_overlay(frame.image, event, top_k=self._config.top_k, highlight=text)
+        marks = list(self._marks.get(event.stream, {}).values())
+        return draw_overlay(
+            frame.image, event, top_k=self._config.top_k, highlight=text, regions=marks
+        )
+
+    def _mark(self, event: LabelEvent, frame: Frame) -> None:
+        """Remember a region's box and latest label, to draw on the stream's frames."""
+        box = next((s.box for s in frame.subjects if s.region == event.region), None)
+        if box is None or event.region is None:
+            return
+        top = event.labels[0] if event.labels else None
+        text = "(no label)" if top is None else f"{top.label} {top.score:.2f}"
+        self._marks.setdefault(event.stream, {})[event.region] = RegionMark(event.region, box, text)
 
     def _write(self, pending: _Pending) -> None:
         if self._config.output is None:
