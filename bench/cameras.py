@@ -411,13 +411,7 @@ def camera_sources(settings: dict[str, Any], cameras: int) -> list[dict[str, Any
         }
         if engine["regions"]:
             source["whole_frame"] = False
-            region: dict[str, Any] = {"id": "gate", "box": list(scene.region_box)}
-            if settings["quick"]:
-                # After a change the gate passes pictures until smoothing settles: 5 at
-                # the defaults, more than a 4 s smoke run holds. Unsmoothed, only the
-                # changed picture is classified, so a smoke run sees the gate skip.
-                region["smoothing"] = {"method": "none", "min_frames": 1, "min_dwell_s": 0}
-            source["regions"] = [region]
+            source["regions"] = [{"id": "gate", "box": list(scene.region_box)}]
             source["gate"] = dict(settings["gate"])
         sources.append(source)
     return sources
@@ -483,12 +477,12 @@ def phase_labelcast(settings: dict[str, Any]) -> dict[str, Any]:
 
     stats = list(pipeline.stats.values())
     # The streams count every picture the gate skipped, also those after their last
-    # event; a frame none of whose pictures was classified is ``unchanged``, not sampled.
+    # event; sampled frames include those whose pictures were all unchanged.
     skipped_counted = sum(sum(s.skipped.values()) for s in stats)
     skipped_in_events = sum(e[4] for e in events)
     return {
         **run_counts(
-            offered=sum(s.sampled + s.unchanged for s in stats),
+            offered=sum(s.sampled for s in stats),
             classified=len(events),
             skipped=skipped_counted,
             dropped=sum(s.dropped for s in stats),

@@ -54,7 +54,9 @@ class Frame:
     time (Unix seconds) at which the frame was decoded or received; ``image`` is an
     RGB ``uint8`` array of shape (H, W, 3). ``subjects`` are the pictures of it to
     classify (the pipeline's regions and change gate choose them; by default the whole
-    frame), each one label event.
+    frame), each one label event; ``unchanged`` names the regions (None: the whole frame)
+    whose pictures the change gate skipped: their smoothing counts them as the picture
+    last classified again.
     """
 
     stream: str
@@ -63,6 +65,7 @@ class Frame:
     captured_at: float
     image: npt.NDArray[np.uint8] = field(repr=False)
     subjects: tuple[Subject, ...] = (WHOLE_FRAME,)
+    unchanged: tuple[str | None, ...] = ()
 
     def picture(self, subject: Subject) -> npt.NDArray[np.uint8]:
         """Return a subject's picture: the image, or a view of its region (no copy)."""

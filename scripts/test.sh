@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the test suite needs, then run linters, type checks and the tests.
 # This is the README's test command; .ci/run calls it. Extra arguments go to pytest
-# (e.g. `scripts/test.sh -m slow` for the long runs CI skips).
+# (e.g. `scripts/test.sh -m slow` for the long runs CI skips, `-n 0` for one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,4 +40,5 @@ fi  # so the Triton tests fail, not skip, if it is unusable
 .venv/bin/ruff check labelcast tests bench
 .venv/bin/ruff format --check labelcast tests bench
 .venv/bin/mypy labelcast
-exec .venv/bin/pytest --durations=15 "$@"
+# One test process per core: most tests wait on real brokers, servers and subprocesses.
+exec .venv/bin/pytest -n auto --durations=15 "$@"

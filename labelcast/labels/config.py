@@ -6,7 +6,6 @@ postprocess.py (``LabelsConfig``) and smoothing.py (``SmoothingConfig``).
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -173,22 +172,6 @@ class SmoothingConfig(BaseModel):
         merged = SmoothingConfig.model_validate(data)
         merged.check()
         return merged
-
-    def frames_to_lead(self) -> int:
-        """How many frames of a new, unchanging picture make its label lead the smoothed scores.
-
-        Reckoned for a new label that scores well below the old one's: ``none`` at once,
-        ``window`` once the window holds only new frames, ``ema`` once the old picture's
-        weight ``(1 - alpha) ** n`` is below a tenth.
-        """
-        if self.method == "none":
-            return 1
-        if self.method == "window":
-            return self.window if self.window is not None else DEFAULT_WINDOW
-        alpha = self.alpha if self.alpha is not None else DEFAULT_ALPHA
-        if alpha >= 1.0:
-            return 1
-        return math.floor(math.log(0.1) / math.log(1.0 - alpha)) + 1
 
     def resolved_clock(self, live: bool) -> Literal["pts", "wall"]:
         """Return the stream's clock: ``auto`` is ``wall`` for live sources, ``pts`` for files."""

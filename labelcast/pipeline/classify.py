@@ -12,19 +12,32 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from labelcast.config import PipelineConfig, SourceConfig
 from labelcast.errors import BatchError, LabelcastError
-from labelcast.frames import ChangeEvent, Label, LabelEvent, ModelInfo, Subject, subject_path
+from labelcast.frames import (
+    ChangeEvent,
+    Frame,
+    Label,
+    LabelEvent,
+    ModelInfo,
+    Subject,
+    subject_path,
+)
 from labelcast.labels.postprocess import StreamPostprocess
 from labelcast.labels.smoothing import LabelTracker
-from labelcast.model.backends.base import Backend, Pending
+from labelcast.model.backends.base import Backend, Completed, Pending
 from labelcast.model.selfcheck import run_self_check, self_check_wanted
 from labelcast.pipeline.batcher import QueuedFrame
 from labelcast.pipeline.metrics import PipelineMetrics
 from labelcast.pipeline.state import BatchStats, PipelineState
 from labelcast.sources import source_class
+
+Scores = npt.NDArray[np.float32]
 
 # These lines were the runner's before it was split, and they stay on its logger (tests
 # count the frames a reload dropped from it).
@@ -39,6 +52,8 @@ class Labelling:
     postprocess: StreamPostprocess
     trackers: dict[str, LabelTracker]  # by subject (subject_path)
     model_info: ModelInfo
+    # Each subject's last classified scores and seq, for pictures the gate found unchanged.
+    last: dict[str, tuple[Scores, int]] = field(default_factory=dict)
 
     @property
     def streams(self) -> frozenset[str]:
@@ -189,6 +204,15 @@ class ClassifyLoop:
                 pictures = [(item, subject) for item in batch for subject in item.frame.subjects]
                 images = [item.frame.picture(subject) for item, subject in pictures]
                 backend = labelling.backend
+                if not images:
+                    # Every picture unchanged: nothing for the model, but the trackers
+                    # count them, in order after the batch in flight.
+                    if in_flight is not None:
+                        self._complete(in_flight)
+                        in_flight = None
+                    empty = Completed(np.zeros((0, len(backend.id2label)), dtype=np.float32))
+                    self._complete(_Submitted(batch, [], labelling, time.perf_counter(), empty))
+                    continue
                 if self_check_pending:
                     self_check_pending = False
                     if self_check_wanted(state.config.model, backend):
@@ -281,8 +305,9 @@ class ClassifyLoop:
     def _complete(self, submitted: _Submitted) -> None:
         """Wait for a submitted batch's scores and publish its events and label changes."""
         probs = submitted.pending.result()
-        # With a batch in flight this includes the time it queued behind the one before.
-        self._metrics.model_seconds.observe(time.perf_counter() - submitted.started)
+        if submitted.pictures:
+            # With a batch in flight this includes the time it queued behind the one before.
+            self._metrics.model_seconds.observe(time.perf_counter() - submitted.started)
         labelling = submitted.labelling
         # Frames of a stream a reload removed that were still queued when the classifier
         # adopted the new rules (the reload waits at most shutdown_timeout_s for them)
@@ -300,17 +325,31 @@ class ClassifyLoop:
             probs = probs[rows]
         pictures = [submitted.pictures[i] for i in rows]
         subjects = [_subject(item, subject) for item, subject in pictures]
+        results = labelling.postprocess.run(subjects, probs) if pictures else []
+        done = iter(zip(pictures, subjects, results, strict=True))
         for item in known:
-            self._count_frame(item)
-        results = labelling.postprocess.run(subjects, probs)
-        for (item, subject), key, (labels, scores) in zip(pictures, subjects, results, strict=True):
             frame = item.frame
-            seq = self._seqs.get(key, 0) + 1
-            self._seqs[key] = seq
-            self._publish(item, subject, labels, seq, labelling.model_info)
-            tracker = labelling.trackers[key]
-            change = tracker.update(scores, seq=seq, pts=frame.pts, captured_at=frame.captured_at)
-            self._publish_change(tracker, change)
+            self._count_frame(item)
+            for _ in range(
+                sum(1 for s in frame.subjects if _subject(item, s) in labelling.trackers)
+            ):
+                (_, subject), key, (labels, scores) = next(done)
+                seq = self._seqs.get(key, 0) + 1
+                self._seqs[key] = seq
+                self._publish(item, subject, labels, seq, labelling.model_info)
+                labelling.last[key] = (scores, seq)
+                self._update(labelling.trackers[key], scores, seq, frame)
+            for region in frame.unchanged:
+                # The gate found the picture unchanged: smoothing counts the last one again.
+                key = subject_path(frame.stream, region)
+                last = labelling.last.get(key)
+                if last is not None and key in labelling.trackers:
+                    self._update(labelling.trackers[key], last[0], last[1], frame)
+
+    def _update(self, tracker: LabelTracker, scores: Scores, seq: int, frame: Frame) -> None:
+        """Feed a picture's scores to its subject's tracker; publish the change it confirms."""
+        change = tracker.update(scores, seq=seq, pts=frame.pts, captured_at=frame.captured_at)
+        self._publish_change(tracker, change)
 
     @staticmethod
     def _drop_removed(items: Sequence[QueuedFrame]) -> None:
@@ -336,8 +375,13 @@ class ClassifyLoop:
         self._metrics.batch_size.observe(len(batch))
 
     def _count_frame(self, item: QueuedFrame) -> None:
-        """Count a frame as classified (all its pictures), with the frames dropped before it."""
+        """Count a frame as classified (all its pictures), with the frames dropped before it.
+
+        A frame with no picture to classify (all unchanged) counts as ``unchanged`` too.
+        """
         stats = self._state.stats[item.frame.stream]
+        if not item.frame.subjects:
+            stats.unchanged += 1
         stats.classified += 1
         stats.dropped += item.dropped
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from labelcast.labels.config import SmoothingConfig
 from labelcast.sources.regions import GateConfig
 
 # A cell changed when its brightness moved this much (of 0..255) more than the median
@@ -57,72 +56,32 @@ def changed_share(before: npt.NDArray[np.float32], after: npt.NDArray[np.float32
     return float(np.count_nonzero(np.abs(difference) > CELL_THRESHOLD)) / difference.size
 
 
-@dataclass(frozen=True)
-class Settling:
-    """How many pictures smoothing needs to confirm a new label (SmoothingConfig's rules).
-
-    After a picture passes because it changed, the gate lets the next ones through
-    unchanged until ``frames`` have passed and those from the ``lead``-th on span
-    ``min_dwell_s``: enough for the subject's smoothing to confirm the new label (or
-    to see that nothing changed), so a change is never left half-confirmed.
-    """
-
-    lead: int = 1
-    frames: int = 1
-    min_dwell_s: float = 0.0
-
-    @classmethod
-    def of(cls, smoothing: SmoothingConfig) -> Settling:
-        """Return the settling a subject with this smoothing needs."""
-        lead = smoothing.frames_to_lead()
-        return cls(lead, lead + smoothing.min_frames - 1, smoothing.min_dwell_s)
-
-
 @dataclass
 class ChangeGate:
     """One subject's gate: remembers the last picture that passed, counts those that didn't.
 
-    ``offer`` returns how many pictures were skipped before this one when it passes
-    (it changed, it is the first, the smoothing is still settling after a change, or
-    ``max_interval_s`` of stream time went by since the last that passed: a heartbeat,
-    one picture), and None when it is skipped.
+    ``offer`` returns how many pictures were skipped before this one when it passes (it
+    changed, it is the first, or ``max_interval_s`` of stream time went by since the last
+    that passed: a heartbeat), and None when it is skipped.
     """
 
     config: GateConfig
-    settling: Settling = Settling()
     _reference: npt.NDArray[np.float32] | None = None
     _passed_at: float = 0.0
     _skipped: int = 0
-    # Times of the pictures passed since the last change, while settling.
-    _since_change: list[float] | None = None
 
     def offer(self, picture: npt.NDArray[np.uint8], t: float) -> int | None:
         """Decide on a picture taken at ``t`` (seconds on the stream's clock)."""
         grid = thumbnail(picture)
         reference = self._reference
-        elapsed = t - self._passed_at
-        if reference is None or elapsed < 0.0:
-            # The first picture, or a clock that went back (a looped file, a reconnected
-            # camera): a new scene, as after a change.
-            changed = True
-        else:
-            changed = changed_share(reference, grid) >= self.config.min_change
-        if changed:
-            self._since_change = []
-        if self._since_change is not None:
-            self._since_change.append(t)
-            if self._settled(self._since_change):
-                self._since_change = None
-        elif elapsed < self.config.max_interval_s:
+        # A clock that went back (a looped file, a reconnected camera) makes it due.
+        if (
+            reference is not None
+            and 0.0 <= t - self._passed_at < self.config.max_interval_s
+            and changed_share(reference, grid) < self.config.min_change
+        ):
             self._skipped += 1
             return None
-        # else: a heartbeat, one picture.
         skipped, self._skipped = self._skipped, 0
         self._reference, self._passed_at = grid, t
         return skipped
-
-    def _settled(self, times: list[float]) -> bool:
-        rule = self.settling
-        if len(times) < max(rule.frames, rule.lead):
-            return False
-        return times[-1] - times[rule.lead - 1] >= rule.min_dwell_s - 1e-6

@@ -8,24 +8,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from labelcast.config import PipelineConfig, SourceConfig
+from labelcast.config import SourceConfig
 from labelcast.errors import SourceError
 from labelcast.frames import Box, Frame, Subject
-from labelcast.pipeline.gate import ChangeGate, Settling
+from labelcast.pipeline.gate import ChangeGate
 
 
 class SubjectPicker:
     """Chooses the pictures of a stream's frames to classify: whole frame, regions, gated.
 
     ``skipped`` counts, per region (None: the whole frame), the pictures its gate
-    found unchanged (the stream's counters, kept across restarts of its source). A
-    gate lets pictures through after a change until the subject's smoothing (from
-    ``pipeline``) can confirm it.
+    found unchanged (the stream's counters, kept across restarts of its source).
     """
 
-    def __init__(
-        self, pipeline: PipelineConfig, config: SourceConfig, skipped: dict[str | None, int]
-    ) -> None:
+    def __init__(self, config: SourceConfig, skipped: dict[str | None, int]) -> None:
         self._stream = config.id
         self._regions = list(config.regions)
         self._whole = config.classifies_whole_frame
@@ -35,8 +31,7 @@ class SubjectPicker:
         }
         for region, gate in gates.items():
             if gate is not None and (region is not None or self._whole):
-                _, smoothing = pipeline.subject_labels(config.id, region)
-                self._gates[region] = ChangeGate(gate, Settling.of(smoothing))
+                self._gates[region] = ChangeGate(gate)
         self._size: tuple[int, int] | None = None
         self._boxes: list[tuple[str | None, Box | None]] = []
         self.skipped = skipped
@@ -46,8 +41,8 @@ class SubjectPicker:
         """Whether every frame goes on whole and ungated (a source without regions or gate)."""
         return not self._regions and not self._gates
 
-    def pick(self, frame: Frame) -> Frame | None:
-        """Return the frame with the subjects to classify, or None if its gates skip them all.
+    def pick(self, frame: Frame) -> Frame:
+        """Return the frame with its subjects: those to classify, those found unchanged.
 
         Raises SourceError if a region's box falls outside the frame.
         """
@@ -58,6 +53,7 @@ class SubjectPicker:
             self._boxes = self._resolve(width, height)
             self._size = (width, height)
         subjects: list[Subject] = []
+        unchanged: list[str | None] = []
         for region, box in self._boxes:
             subject = Subject(region, box)
             gate = self._gates.get(region)
@@ -65,12 +61,11 @@ class SubjectPicker:
                 skipped = gate.offer(frame.picture(subject), frame.pts)
                 if skipped is None:
                     self.skipped[region] = self.skipped.get(region, 0) + 1
+                    unchanged.append(region)
                     continue
                 subject = replace(subject, skipped=skipped)
             subjects.append(subject)
-        if not subjects:
-            return None
-        return replace(frame, subjects=tuple(subjects))
+        return replace(frame, subjects=tuple(subjects), unchanged=tuple(unchanged))
 
     def _resolve(self, width: int, height: int) -> list[tuple[str | None, Box | None]]:
         boxes: list[tuple[str | None, Box | None]] = [(None, None)] if self._whole else []

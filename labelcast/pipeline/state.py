@@ -18,8 +18,9 @@ class StreamStats:
     ``sampled`` counts frames queued for the classifier, ``classified`` those classified
     (one event per subject each) and ``dropped`` those that never will be (a live stream's
     full queue, a failed batch); ``skipped`` counts, per region (None: the whole frame),
-    the pictures the change gate found unchanged (a frame all of whose pictures were
-    skipped is not queued, so not sampled: ``unchanged`` counts those frames).
+    the pictures the change gate found unchanged; ``unchanged`` counts the frames the
+    classifier handled without running the model (all their pictures were unchanged):
+    they count as classified too.
     ``total_frames`` is how many frames the source will decode when it knows (a file's
     frame count). ``ended`` is set once the source has stopped yielding frames: its
     queued frames may still wait for the classifier.

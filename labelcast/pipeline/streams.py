@@ -148,21 +148,19 @@ class Streams:
                 if not handle.stop.is_set():  # a live source stopped while connecting
                     self.set_status(stream, "online", None)
                 stats.opened(source.frame_count_hint)
-                picker = SubjectPicker(state.config, config, stats.skipped)
+                picker = SubjectPicker(config, stats.skipped)
                 frames = source.frames()
                 with contextlib.closing(frames):  # type: ignore[type-var]
                     for sampled in frames:
                         stats.decoded = source.frames_decoded
                         stats.last_progress = time.monotonic()
-                        # Regions cut out, unchanged pictures gated (None: nothing changed).
+                        # Regions cut out, unchanged pictures gated (a frame whose pictures
+                        # are all unchanged still goes: smoothing counts them).
                         frame = picker.pick(sampled)
                         # A frame in hand was sampled: it is queued even when stopping.
-                        if frame is not None:
-                            if not state.queues.put(frame, state.abort):
-                                break
-                            stats.count_sampled(frame.index)
-                        else:
-                            stats.unchanged += 1
+                        if not state.queues.put(frame, state.abort):
+                            break
+                        stats.count_sampled(frame.index)
                         if handle.stop.is_set():
                             break
                 stats.decoded = source.frames_decoded
