@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -55,7 +56,7 @@ class Labelling:
     # Each subject's last classified scores and seq, for pictures the gate found unchanged.
     last: dict[str, tuple[Scores, int]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def streams(self) -> frozenset[str]:
         """The streams whose frames these rules classify."""
         return frozenset(tracker.stream for tracker in self.trackers.values())
@@ -326,19 +327,20 @@ class ClassifyLoop:
         pictures = [submitted.pictures[i] for i in rows]
         subjects = [_subject(item, subject) for item, subject in pictures]
         results = labelling.postprocess.run(subjects, probs) if pictures else []
-        done = iter(zip(pictures, subjects, results, strict=True))
+        outcomes = iter(zip(pictures, subjects, results, strict=True))
+        outcome = next(outcomes, None)
         for item in known:
             frame = item.frame
             self._count_frame(item)
-            for _ in range(
-                sum(1 for s in frame.subjects if _subject(item, s) in labelling.trackers)
-            ):
-                (_, subject), key, (labels, scores) = next(done)
+            # The item's classified pictures come next, in order (a row per picture).
+            while outcome is not None and outcome[0][0] is item:
+                (_, subject), key, (labels, scores) = outcome
                 seq = self._seqs.get(key, 0) + 1
                 self._seqs[key] = seq
                 self._publish(item, subject, labels, seq, labelling.model_info)
                 labelling.last[key] = (scores, seq)
                 self._update(labelling.trackers[key], scores, seq, frame)
+                outcome = next(outcomes, None)
             for region in frame.unchanged:
                 # The gate found the picture unchanged: smoothing counts the last one again.
                 key = subject_path(frame.stream, region)
@@ -425,6 +427,6 @@ class ClassifyLoop:
         self._state.sinks.publish_change(change, state)
 
 
-def _subject(item: QueuedFrame, subject: Subject | None) -> str:
+def _subject(item: QueuedFrame, subject: Subject) -> str:
     """Return the subject key of a frame's picture."""
-    return subject_path(item.frame.stream, None if subject is None else subject.region)
+    return subject_path(item.frame.stream, subject.region)
