@@ -18,7 +18,15 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import free_port, needs, read_events, run_cli, signal_mid_run, write_config
+from helpers import (
+    free_port,
+    needs,
+    read_events,
+    run_cli,
+    signal_mid_run,
+    wait_until,
+    write_config,
+)
 from rtsp_server import missing_requirements
 
 from labelcast import Pipeline, load_config
@@ -649,12 +657,18 @@ def test_preview_basic_auth_refuses_a_wrong_password(clips, tmp_path, monkeypatc
                 urllib.request.urlopen(request, timeout=5)
             assert refused.value.code == 401
             assert refused.value.headers["WWW-Authenticate"].startswith("Basic")
+
         # And the right password gets the page and the pictures
-        request = urllib.request.Request(
-            url, headers={"Authorization": basic("labelcast", "s3cret")}
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert b'id="s-door"' in response.read()
+        def page() -> bytes:
+            request = urllib.request.Request(
+                url, headers={"Authorization": basic("labelcast", "s3cret")}
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return bytes(response.read())
+
+        # (the page lists the stream once its first picture is there: a busy machine
+        # may take a moment to feed it)
+        wait_until(lambda: b'id="s-door"' in page(), 20, "the page to list the stream")
         assert len(read_parts(url + "stream/door.mjpg", 1, basic("labelcast", "s3cret"))) == 1
     finally:
         feeder.close()
