@@ -85,15 +85,14 @@ def write_config(folder: Path, config: dict[str, Any], name: str = "pipeline.yam
 def run_cli(
     *args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m labelcast ARGS`` to completion and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "labelcast", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
+    """Run ``python -m labelcast ARGS`` to completion and capture its output.
+
+    The run is a separate process forked from a server that has done the imports
+    (tests/cli_process.py): the same command, without 5-10 s of start-up each time.
+    """
+    from cli_process import run_cli_process
+
+    return run_cli_process(list(args), timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

@@ -7,8 +7,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_process import start_cli
 from helpers import by_stream, free_port, needs, read_events, run_cli, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from rtsp_server import missing_requirements
@@ -48,9 +47,8 @@ class Daemon:
         self._stderr = self.stderr_path.open("w")
         import os
 
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "labelcast", "run", str(config), "--no-progress"],
-            stdout=subprocess.DEVNULL,
+        self.process = start_cli(
+            ["run", str(config), "--no-progress"],
             stderr=self._stderr,
             env={**os.environ, **(env or {})},
         )

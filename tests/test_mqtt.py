@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import tracemalloc
 import uuid
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from broker import Broker, Subscriber, TlsFiles, make_tls_files, retained
+from cli_process import CliProcess, start_cli
 from conftest import TINY_LABELS
 
 from labelcast import ConfigError, LabelEvent, Pipeline, SinkError, parse_config
@@ -84,14 +84,14 @@ class Labelcast:
         self.stdout_path = folder / f"{self.config_path.stem}.out"
         self.stderr_path = folder / f"{self.config_path.stem}.err"
         self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: CliProcess | subprocess.Popen[bytes] | None = None
 
     def start(self, command: str = "run") -> Labelcast:
-        args = [sys.executable, "-m", "labelcast", command, str(self.config_path)]
+        args = [command, str(self.config_path)]
         if command == "run":
             args.append("--no-progress")
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.process = subprocess.Popen(args, stdout=out, stderr=err, env=self.env)
+            self.process = start_cli(args, stdout=out, stderr=err, env=self.env)
         return self
 
     def wait(self, timeout: float = 120) -> int:
@@ -613,9 +613,9 @@ def test_listen_prints_the_label_events_of_a_running_pipeline(
     config = pipeline_config(tiny_model, {"door": clips["short"]}, [sink])
     listener = Labelcast(tmp_path / "listen", config)
     listener.config_path.write_text(yaml.safe_dump(config))
-    args = [sys.executable, "-m", "labelcast", "listen", str(listener.config_path), "--count", "5"]
+    args = ["listen", str(listener.config_path), "--count", "5"]
     with listener.stdout_path.open("wb") as out, listener.stderr_path.open("wb") as err:
-        listener.process = subprocess.Popen(args, stdout=out, stderr=err)
+        listener.process = start_cli(args, stdout=out, stderr=err)
     try:
         wait_until(lambda: "listening on" in listener.stderr, 60, "listen to subscribe")
         Pipeline(parse_config(yaml.safe_dump(config))).run()

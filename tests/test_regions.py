@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from cli_process import start_cli
 from helpers import read_events, run_cli, write_config
 from media import make_scene_clip, photo
 
@@ -291,8 +292,6 @@ def test_regions_get_topics_sensors_and_listen_lines_of_their_own(
     tiny_model: Path, scene: Path, tmp_path: Path
 ) -> None:
     import signal
-    import subprocess
-    import sys
     import uuid
 
     from broker import Broker, Subscriber, retained
@@ -326,10 +325,8 @@ def test_regions_get_topics_sensors_and_listen_lines_of_their_own(
         listen_out = tmp_path / "listen.out"
         listen_err = tmp_path / "listen.err"
         with listen_out.open("wb") as out, listen_err.open("wb") as err:
-            listener = subprocess.Popen(
-                [sys.executable, "-m", "labelcast", "listen", str(config_path), "--count", "6"],
-                stdout=out,
-                stderr=err,
+            listener = start_cli(
+                ["listen", str(config_path), "--count", "6"], stdout=out, stderr=err
             )
         try:
             wait_until(lambda: "listening on" in listen_err.read_text(), 60, "listen to subscribe")

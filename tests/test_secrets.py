@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from broker import Broker, Subscriber
+from cli_process import start_cli
 from helpers import free_port, run_cli, wait_until, write_config
 
 from labelcast.redact import Redactor, redact
@@ -157,11 +157,7 @@ def test_secrets_never_reach_check_logs_readyz_metrics_or_mqtt(
     subscriber = Subscriber(broker, [f"{prefix}/#"])
     stderr_path = tmp_path / "daemon.stderr"
     with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "labelcast", "run", str(config), "--no-progress"],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+        process = start_cli(["run", str(config), "--no-progress"], stderr=stderr)
         try:
             statuses = wait_until(
                 lambda: (lambda found: found if len(found) == len(NASTY) else None)(

@@ -9,13 +9,13 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_process import start_cli
 from helpers import free_port, require_module, run_cli, wait_until, write_config
 
 from labelcast import parse_config
@@ -165,11 +165,7 @@ def test_reload_needs_its_header_refuses_cross_site_and_labelcast_reload_works(
     )
     stderr_path = tmp_path / "daemon.stderr"
     with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "labelcast", "run", str(config), "--no-progress"],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+        process = start_cli(["run", str(config), "--no-progress"], stderr=stderr)
         try:
             wait_until(lambda: "operations endpoint" in stderr_path.read_text(), 60, "endpoint")
             assert request(port, "GET", "/healthz")[0] in (200, 503)

@@ -10,7 +10,6 @@ import logging
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from broker import TlsFiles, make_tls_files
+from cli_process import CliProcess, start_cli
 from helpers import by_stream, free_port, read_events, wait_until
 from webhook_server import Answer, WebhookServer
 
@@ -252,10 +252,12 @@ def test_endpoint_away_10_s_mid_run_loses_nothing_and_keeps_seq_order(
     assert "delivering" in caplog.text
 
 
-def run_labelcast(config_path: Path, folder: Path, name: str) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "labelcast", "run", str(config_path), "--no-progress"]
+def run_labelcast(
+    config_path: Path, folder: Path, name: str
+) -> CliProcess | subprocess.Popen[bytes]:
+    args = ["run", str(config_path), "--no-progress"]
     with (folder / f"{name}.out").open("wb") as out, (folder / f"{name}.err").open("wb") as err:
-        return subprocess.Popen(args, stdout=out, stderr=err)
+        return start_cli(args, stdout=out, stderr=err)
 
 
 def test_sigkill_and_restart_with_the_same_outbox_delivers_every_outboxed_event(
