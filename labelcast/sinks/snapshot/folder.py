@@ -54,8 +54,12 @@ class SnapshotFolder:
 
     @staticmethod
     def rewrite_sidecar(picture: Path, sidecar: dict[str, Any]) -> None:
-        """Replace the sidecar of ``picture`` (whole, like the first one). Raises OSError."""
-        _write_whole(picture.with_suffix(".json"), _sidecar_bytes(sidecar))
+        """Replace the sidecar of ``picture`` (whole, like the first one). Raises OSError.
+
+        A picture moved away meanwhile (sorted by the labelling page) is left alone.
+        """
+        if picture.exists():
+            _write_whole(picture.with_suffix(".json"), _sidecar_bytes(sidecar))
 
     def _stem(self, subject: str, label_dir: Path, captured_at: float) -> str:
         """Return a file name unique within the subject: its capture time, with -N if taken."""
