@@ -19,6 +19,14 @@ class SinkError(LabelcastError):
     """A sink cannot be opened or written to."""
 
 
+class ReportedSinkError(SinkError):
+    """A sink could not deliver one item and has already logged why (once per outage).
+
+    The pipeline counts the item as failed without logging it again, so a full disk is
+    one error in the log, not one per picture.
+    """
+
+
 class ModelError(LabelcastError):
     """The model cannot be loaded, or its checkpoint files are not usable."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from labelcast.config import SinkConfig
-from labelcast.errors import SinkError
+from labelcast.errors import ReportedSinkError, SinkError
 from labelcast.frames import (
     ChangeEvent,
     Frame,
@@ -218,6 +218,8 @@ class SinkWorker:
                 else:
                     self.sink.send(*item)
                     self.counters.sent += 1
+            except ReportedSinkError:
+                self.counters.failed += 1  # the sink logged it (once per outage)
             except SinkError as exc:
                 self.counters.failed += 1
                 log.error("%s", exc)

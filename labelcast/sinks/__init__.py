@@ -14,6 +14,7 @@ from labelcast.sinks.base import SinkClass
 from labelcast.sinks.log import LogSink, LogSinkConfig
 from labelcast.sinks.mqtt import MqttSink, MqttSinkConfig
 from labelcast.sinks.overlay import OverlaySink, OverlaySinkConfig
+from labelcast.sinks.snapshot import SnapshotSink, SnapshotSinkConfig
 from labelcast.sinks.webhook import WebhookSink, WebhookSinkConfig
 
 # In the order config.py's union (and so ``labelcast schema``) lists them.
@@ -22,6 +23,7 @@ SINK_CONFIGS: tuple[type[BaseModel], ...] = (
     MqttSinkConfig,
     WebhookSinkConfig,
     OverlaySinkConfig,
+    SnapshotSinkConfig,
 )
 
 _CLASSES: dict[str, SinkClass] = {
@@ -29,6 +31,7 @@ _CLASSES: dict[str, SinkClass] = {
     "mqtt": MqttSink,
     "webhook": WebhookSink,
     "overlay": OverlaySink,
+    "snapshot": SnapshotSink,
 }
 
 

@@ -65,7 +65,7 @@ class MqttReconnectConfig(ReconnectConfig):
 
 
 class HomeAssistantConfig(BaseModel):
-    """Home Assistant MQTT discovery: one sensor per stream showing its top label."""
+    """Home Assistant MQTT discovery: one sensor per subject showing its label (and an image)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -166,6 +166,14 @@ class MqttSinkConfig(BaseModel):
     homeassistant: Annotated[
         HomeAssistantConfig, Field(description="Home Assistant MQTT discovery (opt-in).")
     ] = HomeAssistantConfig()
+    snapshot: Annotated[
+        bool,
+        Field(
+            description="On each start or change of a subject's label, publish the picture "
+            "that confirmed it as JPEG, retained, on <subject topic>/snapshot (with "
+            "discovery: a Home Assistant image entity beside the sensor)."
+        ),
+    ] = False
 
     @field_validator("protocol", mode="before")
     @classmethod

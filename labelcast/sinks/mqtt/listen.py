@@ -17,6 +17,7 @@ from labelcast.sinks.mqtt.connection import (
     start_connect,
     tls_context,
 )
+from labelcast.sinks.mqtt.discovery import SNAPSHOT_KIND
 from labelcast.util.backoff import Backoff
 
 if TYPE_CHECKING:
@@ -65,7 +66,10 @@ def listen(
         nonlocal printed
         if done.is_set():
             return
-        text = message.payload.decode("utf-8", errors="replace")
+        if message.topic.rpartition("/")[2] == SNAPSHOT_KIND:
+            text = f"(JPEG, {len(message.payload)} bytes)"  # a picture is no text line
+        else:
+            text = message.payload.decode("utf-8", errors="replace")
         out.write(f"{message.topic} {text}\n" if everything else f"{text}\n")
         out.flush()
         printed += 1

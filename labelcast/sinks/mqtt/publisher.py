@@ -25,6 +25,7 @@ from labelcast.sinks.mqtt.connection import (
     make_client,
     start_connect,
 )
+from labelcast.sinks.mqtt.discovery import SNAPSHOT_KIND
 from labelcast.sinks.outbox import Outbox
 from labelcast.util.backoff import Backoff
 
@@ -119,10 +120,14 @@ class Publisher:
         self.rejected = 0
         self.published = 0
         self._json_props: Properties | None = None
+        self._jpeg_props: Properties | None = None
         if config.protocol == "5":
             self._json_props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             self._json_props.PayloadFormatIndicator = 1
             self._json_props.ContentType = "application/json"
+            # A snapshot is binary: no UTF-8 payload format indicator (receivers may check it).
+            self._jpeg_props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            self._jpeg_props.ContentType = "image/jpeg"
         self._thread = threading.Thread(
             target=self._run, name=f"mqtt-publisher:{config.where}", daemon=True
         )
@@ -332,7 +337,7 @@ class Publisher:
                 message.payload,
                 qos=message.qos,
                 retain=message.retain,
-                properties=self._json_props,
+                properties=self._properties(message.topic),
             )
             if message.qos == 0:
                 # QoS 0 is never acknowledged: it leaves the outbox once handed to the socket.
@@ -342,6 +347,12 @@ class Publisher:
             else:
                 # Kept even if the connection just dropped: paho re-sends it on reconnect.
                 self._inflight[info.mid] = message.id
+
+    def _properties(self, topic: str) -> Properties | None:
+        """Return the MQTT 5 properties of an outbox message: JSON, or a snapshot's JPEG."""
+        if topic.rpartition("/")[2] == SNAPSHOT_KIND:
+            return self._jpeg_props
+        return self._json_props
 
     def _leave(self, client: paho.Client, available: str) -> None:
         """Say ``stopped`` and disconnect cleanly, so the broker discards the Last Will."""

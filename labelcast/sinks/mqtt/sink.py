@@ -17,13 +17,22 @@ from labelcast.errors import SinkError
 from labelcast.frames import ChangeEvent, Frame, LabelEvent, LabelState, StreamStatus
 from labelcast.sinks.mqtt.config import MqttSinkConfig
 from labelcast.sinks.mqtt.connection import probe_broker, tls_context
-from labelcast.sinks.mqtt.discovery import discovery_message
+from labelcast.sinks.mqtt.discovery import (
+    SNAPSHOT_KIND,
+    discovery_message,
+    image_discovery_message,
+)
 from labelcast.sinks.mqtt.publisher import Publisher, RetainedSession
 from labelcast.sinks.outbox import Outbox
 from labelcast.sinks.outbox.config import default_outbox_path as outbox_file
 from labelcast.sinks.outbox.sender import OutboxSink, check_delivery, close_outbox
+from labelcast.sinks.pictures import LatestPictures
+from labelcast.util.jpeg import encode_jpeg
 
 log = logging.getLogger(__name__)
+
+# JPEG quality of the pictures ``snapshot: true`` publishes.
+SNAPSHOT_QUALITY = 85
 
 
 def default_outbox_path(config: MqttSinkConfig) -> Path:
@@ -87,6 +96,8 @@ class MqttSink(OutboxSink):
             log.warning("%s; events wait in the outbox %s until it answers", probe.message, path)
         # The subjects (streams, regions) seen so far, on the sink's thread.
         self._subjects: set[str] = set()
+        # With snapshot: true, each subject's latest frame (a change's picture comes from it).
+        self._pictures = LatestPictures() if config.snapshot else None
         if pipeline is not None:
             self._publisher.know(pipeline)
         self._publisher.start()
@@ -111,6 +122,8 @@ class MqttSink(OutboxSink):
         A subject is a stream (its whole frame) or a region of one: ``<stream>/<region>``.
         """
         self._learn(event.pipeline, event.subject)
+        if self._pictures is not None:
+            self._pictures.remember(event, frame)
         self.publish(event.pipeline, event.subject, "labels", event.to_json().encode(), qos=None)
 
     def send_status(self, status: StreamStatus) -> None:
@@ -124,8 +137,16 @@ class MqttSink(OutboxSink):
 
         The change goes with the configured QoS, like label events; the state is
         retained (a new subscriber, or Home Assistant after a restart, reads it at once).
+        With ``snapshot: true`` a ``start`` or ``change`` first publishes the picture that
+        confirmed it, JPEG, retained on ``<subject>/snapshot`` (an ``end`` keeps the last).
         """
         self._learn(change.pipeline, change.subject)
+        if self._pictures is not None and change.type != "end":
+            found = self._pictures.confirming(change)
+            if found is not None:
+                jpeg = encode_jpeg(found[1], SNAPSHOT_QUALITY)
+                subject = change.subject
+                self.publish(change.pipeline, subject, SNAPSHOT_KIND, jpeg, qos=1, retain=True)
         self.publish(change.pipeline, change.subject, "events", change.to_json().encode(), qos=None)
         self.publish(
             state.pipeline, state.subject, "state", state.to_json().encode(), qos=1, retain=True
@@ -144,7 +165,7 @@ class MqttSink(OutboxSink):
         """Append a message for ``<prefix>/<pipeline>/<stream>/<kind>`` to the outbox.
 
         The one path of every per-stream topic (``labels``, ``status``, ``state``,
-        ``events``): durable, in order, acknowledged.
+        ``events``, ``snapshot``): durable, in order, acknowledged.
         ``qos=None`` means the configured QoS. Retained messages are coalesced per
         topic while waiting. Raises SinkError if the outbox cannot be written.
         """
@@ -200,3 +221,5 @@ class MqttSink(OutboxSink):
         self._subjects.add(subject)
         if self.config.homeassistant.discovery:
             self._session.put(*discovery_message(self.config, pipeline, subject))
+            # An image entity with snapshot: true; without, an empty config removes one.
+            self._session.put(*image_discovery_message(self.config, pipeline, subject))
