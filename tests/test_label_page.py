@@ -575,3 +575,13 @@ def test_other_web_sites_cannot_move_pictures(label_server):
     # And the page's own origin may
     headers = {"Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
     assert post_with(port, headers, move) == 200
+
+
+def test_safe_label_folder_replaces_only_what_would_break_a_path():
+    assert safe_label_folder("tabby, tabby cat") == "tabby, tabby cat"
+    assert safe_label_folder("gate open") == "gate open"
+    assert safe_label_folder("gate/open") == "gate_open"
+    assert safe_label_folder("a\\b\0c") == "a_b_c"
+    assert safe_label_folder(".hidden") == "_hidden"
+    assert safe_label_folder("..") == "_."
+    assert safe_label_folder("") == "_"
