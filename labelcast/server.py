@@ -12,7 +12,6 @@ when a token is set.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import threading
@@ -29,6 +28,7 @@ from labelcast.util.http import (
     BindAddress,
     BoundedHTTPServer,
     BoundedRequestHandler,
+    cross_site_refusal,
     format_bind,
     is_loopback,
     parse_bind,
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 # The header ``POST /reload`` needs (any non-empty value); ``labelcast reload`` sends it.
 RELOAD_HEADER = "X-Labelcast-Reload"
-# Browsers send these ``Sec-Fetch-Site`` values for requests not started by another site.
-_SAME_SITE = ("same-origin", "none")
 
 
 class ServerConfig(BaseModel):
@@ -142,16 +140,8 @@ class _ReloadGuard:
 
     def refusal(self, headers: Any) -> tuple[int, str] | None:
         """(status, why) when the request must be refused, None when it may go ahead."""
-        fetch_site = headers.get("Sec-Fetch-Site")
-        if fetch_site is not None and fetch_site.lower() not in _SAME_SITE:
-            return 403, f"cross-site request refused (Sec-Fetch-Site: {fetch_site})"
-        host_header = headers.get("Host", "")
-        origin = headers.get("Origin")
-        if origin is not None and urllib.parse.urlsplit(origin).netloc != host_header:
-            return 403, "cross-origin request refused (Origin does not match Host)"
-        if host_header and not self._known_host(host_header):
-            # A page whose name was rebound to this machine's address sends its own name.
-            return 403, "request refused: Host is not an address of this server"
+        if (why := cross_site_refusal(headers, self.bind_host)) is not None:
+            return 403, why
         if not headers.get(RELOAD_HEADER):
             return 403, f"POST /reload needs the header {RELOAD_HEADER}: 1"
         if self.token is not None:
@@ -162,16 +152,6 @@ class _ReloadGuard:
             ):
                 return 401, "POST /reload needs 'Authorization: Bearer <server.token>'"
         return None
-
-    def _known_host(self, host_header: str) -> bool:
-        host = urllib.parse.urlsplit(f"//{host_header}").hostname or ""
-        if host == self.bind_host.lower() or host == "localhost":
-            return True
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return True
 
 
 def _handler_for(endpoints: Endpoints, guard: _ReloadGuard) -> type[BoundedRequestHandler]:

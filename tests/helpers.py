@@ -3,6 +3,7 @@ requiring the real components (servers, browsers, optional packages) some tests 
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
@@ -148,3 +149,8 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def basic(user: str, password: str) -> str:
+    """An ``Authorization`` header value for HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import json
@@ -18,7 +17,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from browser import CHROMIUM, HEADLESS_FLAGS, needs_chromium
 from helpers import (
+    basic,
     free_port,
     needs,
     read_events,
@@ -41,11 +42,7 @@ from labelcast.frames import (
 )
 from labelcast.sinks.overlay import OverlaySink, OverlaySinkConfig, describe_change, draw_overlay
 
-CHROMIUM = "/usr/bin/chromium"
 needs_rtsp = needs("gstreamer-rtsp", missing_requirements())
-needs_chromium = needs(
-    "chromium", None if Path(CHROMIUM).exists() else f"{CHROMIUM} not found (Debian's chromium)"
-)
 
 
 def decode(path: Path) -> tuple[list[np.ndarray], list[float], float]:
@@ -468,22 +465,12 @@ def streams_summary(url: str) -> dict[str, dict]:
         return {entry["stream"]: entry for entry in json.load(response)}
 
 
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 def chromium(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     profile = tmp_path / f"profile-{time.monotonic_ns()}"
     return subprocess.run(
         [
             CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+            *HEADLESS_FLAGS,
             f"--user-data-dir={profile}",
             "--window-size=1280,800",
             *extra,

@@ -5,7 +5,8 @@ alone (config validators call them, so a bad bind is a config error, never a
 traceback); ``BoundedHTTPServer`` is a ``ThreadingHTTPServer`` that listens on IPv4 or
 IPv6, names its daemon request threads, times requests out and refuses oversized
 request heads; ``check_basic_auth`` checks an ``Authorization: Basic`` header in
-constant time.
+constant time; ``cross_site_refusal`` guards requests that change something against
+other web sites open in the same browser (CSRF) and DNS rebinding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hmac
 import ipaddress
 import socket
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
 from typing import Annotated, Any
@@ -133,6 +135,42 @@ def check_basic_auth(header: str | None, username: str, password: str) -> bool:
     user, _, given = decoded.partition(":")
     expected = f"{username}:{password}"
     return hmac.compare_digest(f"{user}:{given}".encode(), expected.encode())
+
+
+# Browsers send these ``Sec-Fetch-Site`` values for requests not started by another site.
+_SAME_SITE = ("same-origin", "none")
+
+
+def cross_site_refusal(headers: Any, bind_host: str, *, check_host: bool = True) -> str | None:
+    """Why a state-changing request must be refused as cross-site; None if it may go ahead.
+
+    Refused: what a browser marks as started by another site (``Sec-Fetch-Site``), an
+    ``Origin`` that is not the ``Host`` asked for, and (``check_host``) a ``Host`` that is
+    a name other than ``localhost`` or ``bind_host``: a page whose name an attacker
+    rebound to this machine's address (DNS rebinding) sends its own name. Clients that
+    are not browsers send none of these headers and pass.
+    """
+    fetch_site = headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.lower() not in _SAME_SITE:
+        return f"cross-site request refused (Sec-Fetch-Site: {fetch_site})"
+    host_header = headers.get("Host", "")
+    origin = headers.get("Origin")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc != host_header:
+        return "cross-origin request refused (Origin does not match Host)"
+    if check_host and host_header and not _known_host(host_header, bind_host):
+        return "request refused: Host is not an address of this server"
+    return None
+
+
+def _known_host(host_header: str, bind_host: str) -> bool:
+    host = urllib.parse.urlsplit(f"//{host_header}").hostname or ""
+    if host == bind_host.lower() or host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class _HeadersTooLarge(Exception):

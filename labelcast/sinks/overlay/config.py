@@ -27,8 +27,36 @@ class RotateConfig(BaseModel):
     ] = None
 
 
+class LabelPageConfig(BaseModel):
+    """The preview's /label page: sort collected snapshots into a training folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snapshots: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="The snapshot sink's folder (`<subject>/<predicted label>/<time>.jpg`, "
+            "each with a `.json` sidecar) whose pictures the page shows; pictures sorted or "
+            "deleted on the page leave it.",
+        ),
+    ]
+    data: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="The training folder the page moves pictures into, as "
+            "`<data>/<label>/<time>.jpg` (what `labelcast train` reads); made when needed.",
+        ),
+    ]
+    page_size: Annotated[
+        int,
+        Field(ge=1, le=500, description="Most pictures the page shows at once (it pages)."),
+    ] = 60
+
+
 class PreviewConfig(BaseModel):
-    """The live preview: an index page and an MJPEG view per stream."""
+    """The live preview: an index page and an MJPEG view per stream (and /label, if set)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -70,6 +98,13 @@ class PreviewConfig(BaseModel):
         float,
         Field(gt=0, description="A viewer that reads nothing for this long is disconnected."),
     ] = 10.0
+    label: Annotated[
+        LabelPageConfig | None,
+        Field(
+            description="Serve /label, a page that sorts the snapshot sink's pictures into a "
+            "training folder (same address and password); omit for none."
+        ),
+    ] = None
 
 
 class OverlaySinkConfig(BaseModel):

@@ -2,8 +2,8 @@
 
 The sink thread only swaps in the newest picture; one encoder thread encodes the
 pictures of the streams someone watches, and every viewer gets the same bytes. The
-HTTP side (index page, MJPEG views) is ``preview_http.py``, on util.http's
-``BoundedHTTPServer``.
+HTTP side (index page, MJPEG views, the /label page) is ``preview_http.py``, on
+util.http's ``BoundedHTTPServer``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labelcast.errors import SinkError
 from labelcast.frames import LabelEvent, LabelState, StreamStatus
 from labelcast.sinks.overlay.config import PreviewConfig
+from labelcast.sinks.overlay.label_store import SnapshotStore
 from labelcast.sinks.overlay.preview_http import handler_for
 from labelcast.util.http import (
     BoundedHTTPServer,
@@ -84,6 +86,12 @@ class Preview:
         self._closed = False
         self._interval = 1.0 / config.max_fps
         self._slots = threading.BoundedSemaphore(config.max_clients)
+        label = config.label
+        self.label_store = (
+            None
+            if label is None
+            else SnapshotStore(Path(label.snapshots), Path(label.data), label.page_size)
+        )
         host, port = parse_bind(config.bind, "preview.bind")
         try:
             self._server = BoundedHTTPServer(

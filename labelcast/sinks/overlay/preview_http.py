@@ -1,8 +1,9 @@
-"""The preview's HTTP side: the index page, ``/api/streams``, JPEG and MJPEG views.
+"""The preview's HTTP side: the index page, ``/api/streams``, JPEG and MJPEG views, /label.
 
 Requests run on ``BoundedHTTPServer`` threads; they read the :class:`Preview`'s state
 and wait on it for new JPEGs, so nothing is queued per viewer. The index page is the
-package data file ``preview.html`` (a ``string.Template``).
+package data file ``preview.html`` (a ``string.Template``). Requests under ``/label`` go
+to ``label_http`` once the password is checked.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from labelcast.util.http import BoundedRequestHandler
+from labelcast.sinks.overlay import label_http
+from labelcast.util.http import BoundedRequestHandler, cross_site_refusal
 
 if TYPE_CHECKING:
     from labelcast.sinks.overlay.preview import Preview
@@ -94,15 +96,13 @@ def handler_for(preview: Preview) -> type[BoundedRequestHandler]:
 
         def do_GET(self) -> None:
             if not preview.authorised(self.headers.get("Authorization")):
-                self._reply(
-                    401,
-                    b"authentication required\n",
-                    "text/plain",
-                    {"WWW-Authenticate": 'Basic realm="labelcast preview", charset="UTF-8"'},
-                )
+                self._refuse()
                 return
-            path = urllib.parse.urlsplit(self.path).path
-            if path in ("/", "/index.html"):
+            parts = urllib.parse.urlsplit(self.path)
+            path = parts.path
+            if label_http.is_label_path(path):
+                self._send(label_http.get(preview.label_store, path, parts.query))
+            elif path in ("/", "/index.html"):
                 self._reply(200, _index_page(preview.summary()), "text/html; charset=utf-8")
             elif path == "/api/streams":
                 body = json.dumps(preview.summary()).encode()
@@ -119,6 +119,50 @@ def handler_for(preview: Preview) -> type[BoundedRequestHandler]:
                     self._reply(200, found.data, "image/jpeg")
             else:
                 self._reply(404, b"not found\n", "text/plain")
+
+        def do_POST(self) -> None:
+            # Read (or refuse) the body first: an unread body would be taken for the
+            # next request on this connection.
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdecimal():
+                self.close_connection = True
+                self._reply(411, b"Content-Length required\n", "text/plain")
+                return
+            if int(length) > label_http.MAX_BODY_BYTES:
+                self.close_connection = True
+                self._reply(413, b"request body too large\n", "text/plain")
+                return
+            body = self.rfile.read(int(length))
+            if not preview.authorised(self.headers.get("Authorization")):
+                self._refuse()
+                return
+            path = urllib.parse.urlsplit(self.path).path
+            if not label_http.is_label_path(path):
+                self._reply(404, b"not found\n", "text/plain")
+                return
+            # With a password a rebound name gets no credentials: then only the
+            # browser's own cross-site marks are checked (a proxy may pass its name).
+            why = cross_site_refusal(
+                self.headers, preview.address[0], check_host=preview.config.password is None
+            )
+            if why is not None:
+                self._send(label_http.refused(why))
+                return
+            reply = label_http.post(
+                preview.label_store, path, self.headers.get("Content-Type"), body
+            )
+            self._send(reply)
+
+        def _refuse(self) -> None:
+            self._reply(
+                401,
+                b"authentication required\n",
+                "text/plain",
+                {"WWW-Authenticate": 'Basic realm="labelcast preview", charset="UTF-8"'},
+            )
+
+        def _send(self, reply: label_http.Reply) -> None:
+            self._reply(reply.status, reply.body, reply.content_type, reply.headers)
 
         def _mjpeg(self, stream: str) -> None:
             if not preview.has_picture(stream):
@@ -159,8 +203,8 @@ def handler_for(preview: Preview) -> type[BoundedRequestHandler]:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                for key, value in (headers or {}).items():
+                headers = {"Cache-Control": "no-store", **(headers or {})}
+                for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(body)

@@ -94,6 +94,15 @@ class OverlaySink(LocalSink):
                     f"overlay sink: {existing_ancestor(folder)} is not writable "
                     f"(output {config.output})"
                 )
+        label = None if config.preview is None else config.preview.label
+        if label is not None:
+            # The page moves pictures out of one folder into the other.
+            for key, where in (("snapshots", label.snapshots), ("data", label.data)):
+                if not writable_folder(Path(where)):
+                    problems.append(
+                        f"overlay sink: preview.label.{key}: {existing_ancestor(Path(where))} "
+                        "is not writable"
+                    )
         if config.preview is not None:
             host, port = parse_bind(config.preview.bind, "preview.bind")
             family = address_family(host)
