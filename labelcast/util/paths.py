@@ -2,8 +2,7 @@
 
 Every place that writes files of its own (the log sink, the MQTT outbox, the overlay's
 recordings) checks and creates its folder here, so that ``labelcast check`` and the
-running sink agree on what "writable" means. ``safe_label_folder`` names the folder of a
-label's pictures (the snapshot sink writes them, the preview's /label page sorts them).
+running sink agree on what "writable" means.
 """
 
 from __future__ import annotations
@@ -33,17 +32,3 @@ def writable_folder(folder: Path) -> bool:
 def ensure_folder(folder: Path) -> None:
     """Make ``folder`` and its missing parents; raises OSError if that is not allowed."""
     folder.mkdir(parents=True, exist_ok=True)
-
-
-def safe_label_folder(label: str) -> str:
-    r"""Return the folder name that holds a label's pictures (snapshots, training data).
-
-    ``/``, ``\\`` and NUL (which would split or end a path) and a leading ``.`` (a hidden
-    folder, or ``..``) are replaced by ``_``; an empty label becomes ``_``. Any other
-    label, spaces and commas included, is its own folder name, so a model trained on the
-    folders reports the labels as the operator typed them.
-    """
-    name = label.replace("/", "_").replace("\\", "_").replace("\0", "_")
-    if name.startswith("."):
-        name = "_" + name[1:]
-    return name or "_"

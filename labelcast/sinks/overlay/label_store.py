@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labelcast.util.paths import ensure_folder, safe_label_folder
+from labelcast.util.paths import ensure_folder
+from labelcast.util.snapshots import label_folder
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def check_label(label: str) -> str:
     r"""Return ``label`` if it can name a training folder as it is; raise BadRequest if not.
 
     It must be non-empty, at most 200 bytes of UTF-8, without leading or trailing spaces
-    or control characters, and be its own folder name (``safe_label_folder``: no ``/``,
+    or control characters, and be its own folder name (``label_folder``: no ``/``,
     ``\\``, NUL or leading ``.``).
     """
     if not label.strip():
@@ -85,10 +86,10 @@ def check_label(label: str) -> str:
         raise BadRequest(f"label: at most {MAX_LABEL_BYTES} bytes (UTF-8), not {len(label)}")
     if any(unicodedata.category(c) == "Cc" for c in label):
         raise BadRequest(f"label {label!r}: no control characters")
-    if safe_label_folder(label) != label:
+    if label_folder(label) != label:
         raise BadRequest(
             f"label {label!r}: '/', '\\' and a leading '.' are not allowed "
-            f"(e.g. {safe_label_folder(label)!r})"
+            f"(e.g. {label_folder(label)!r})"
         )
     return label
 
@@ -218,11 +219,11 @@ class SnapshotStore:
             raise NotFound(f"subject {subject!r}: no snapshots")
         entries: list[tuple[str, str]] = []  # (name, label folder)
         predicted: dict[str, int] = {}
-        for label_folder in _folders_in(folder):
-            names = _pictures_in(label_folder, (SNAPSHOT_SUFFIX,))
+        for predicted_folder in _folders_in(folder):
+            names = _pictures_in(predicted_folder, (SNAPSHOT_SUFFIX,))
             if names:
-                predicted[label_folder.name] = len(names)
-                entries.extend((name, label_folder.name) for name in names)
+                predicted[predicted_folder.name] = len(names)
+                entries.extend((name, predicted_folder.name) for name in names)
         # Names are capture times (YYYYmmddTHHMMSS.fffZ[-N]): sorting them sorts by time.
         entries.sort(reverse=True)
         limit = min(limit, self.page_size)
