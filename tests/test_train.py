@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import HUB_COMMIT, HUB_ID
 from helpers import read_events, run_cli, write_config
-from media import make_clip, photo
+from media import make_clip, make_labelled_pictures
 from safetensors.numpy import load_file
 
 # Each label's pictures are cut from one photo.
@@ -28,28 +28,8 @@ PER_LABEL = 16
 COMMIT = HUB_COMMIT
 
 
-def save_jpeg(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(image).save(path, quality=90)
-
-
-def make_pictures(folder: Path, per_label: int, seed: int = 0) -> Path:
-    """DATA_DIR/<label>/NN.jpg: random crops (60-90 % a side) of a photo, flipped, noisy."""
-    generator = np.random.default_rng(seed)
-    for label, name in PHOTOS.items():
-        image = photo(name)
-        height, width, _ = image.shape
-        (folder / label).mkdir(parents=True)
-        for index in range(per_label):
-            h, w = (int(side * generator.uniform(0.6, 0.9)) for side in (height, width))
-            y, x = generator.integers(0, height - h), generator.integers(0, width - w)
-            crop = image[y : y + h, x : x + w].astype(np.float32)
-            if generator.random() < 0.5:
-                crop = crop[:, ::-1]
-            crop += generator.normal(0, 12, crop.shape)
-            save_jpeg(np.clip(crop, 0, 255).astype(np.uint8), folder / label / f"{index:02d}.jpg")
-    return folder
+def make_pictures(folder: Path, per_label: int) -> Path:
+    return make_labelled_pictures(folder, PHOTOS, per_label)
 
 
 @pytest.fixture(scope="module")
