@@ -1,6 +1,6 @@
 """The ``labelcast`` command.
 
-Subcommands: run, check, serve, reload, schema, model-info, verify, export, listen.
+Subcommands: run, check, serve, reload, schema, model-info, verify, export, listen, train.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from labelcast.commands.train_command import add_train_parser, train_command
 from labelcast.config import PipelineConfig, SourceConfig, config_schema, load_config
 from labelcast.errors import ConfigError, LabelcastError, ModelError, SourceError
 from labelcast.logs import apply_log_config, setup_logging
@@ -35,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "model-info":
             return _model_info(args.model, args.revision, as_json=args.json)
+        if args.command == "train":
+            return train_command(args, sys.argv[1:] if argv is None else argv)
         config = load_config(args.config, args.set)
         if args.command == "check":
             return _check(config)
@@ -177,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         help="int8: ONNX Runtime dynamic quantization (an accuracy trade-off; default none)",
     )
     export.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_train_parser(commands)
     text = "host the configured model on a Triton server for model.backend: triton gateways"
     serve = commands.add_parser("serve", help=text, description=text + " (docs/scaling.md)")
     serve.add_argument("config", type=Path, help="pipeline YAML file (its model settings)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,6 +96,23 @@ def make_tiny_beit(
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_beit(tmp_path_factory.mktemp("tiny-beit"))
+
+
+# A hub model that is only ever in the local cache (hub_cache): the tiny model, as this commit.
+HUB_ID = "labelcast-tests/tiny-beit"
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hugging Face cache (``HF_HOME``) holding the tiny model as commit HUB_COMMIT of
+    HUB_ID, on ``main``."""
+    home = tmp_path_factory.mktemp("hf-home")
+    repo = home / "hub" / f"models--{HUB_ID.replace('/', '--')}"
+    shutil.copytree(tiny_model, repo / "snapshots" / HUB_COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -124,3 +124,36 @@ def make_scene_clip(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def make_labelled_pictures(
+    folder: Path,
+    photos: dict[str, str],
+    per_label: int,
+    *,
+    size: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write ``folder/<label>/NN.jpg``: ``per_label`` pictures per label, each a random crop
+    (60-90 % of each side) of the label's photo, flipped half the time, with Gaussian noise
+    (sigma 12 levels), so that no two are the same; resized to ``size`` (height, width)
+    when given, as a camera's snapshots would be."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, name in photos.items():
+        image = photo(name)
+        height, width, _ = image.shape
+        (folder / label).mkdir(parents=True)
+        for index in range(per_label):
+            h, w = (int(side * rng.uniform(0.6, 0.9)) for side in (height, width))
+            y, x = rng.integers(0, height - h), rng.integers(0, width - w)
+            crop = image[y : y + h, x : x + w].astype(np.float32)
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            crop += rng.normal(0, 12, crop.shape)
+            picture = Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8))
+            if size is not None:
+                picture = picture.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            picture.save(folder / label / f"{index:02d}.jpg", quality=90)
+    return folder

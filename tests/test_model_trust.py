@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_LABELS, make_tiny_beit
+from conftest import HUB_COMMIT, HUB_ID, TINY_LABELS, make_tiny_beit
 from helpers import read_events, run_cli, write_config
 from media import photo
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-HUB_ID = "labelcast-tests/tiny-beit"
+COMMIT = HUB_COMMIT
 
 
 def sha256(path: Path) -> str:
@@ -28,17 +27,6 @@ def short_config(model: dict, clip: Path, out: Path) -> dict:
         "sources": [{"id": "a", "type": "file", "path": str(clip), "sample": {"fps": 1}}],
         "sinks": [{"type": "log", "path": str(out)}],
     }
-
-
-@pytest.fixture(scope="module")
-def hub_cache(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face cache holding the tiny model as commit COMMIT of HUB_ID, on `main`."""
-    home = tmp_path_factory.mktemp("hf-home")
-    repo = home / "hub" / f"models--{HUB_ID.replace('/', '--')}"
-    shutil.copytree(tiny_model, repo / "snapshots" / COMMIT)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    return home
 
 
 def test_a_hub_model_records_the_commit_it_resolved_and_warns_when_unpinned(

@@ -100,17 +100,24 @@ def find_images(folder: Path) -> list[tuple[Path, str | None]]:
     return found
 
 
-def read_image(path: Path) -> npt.NDArray[np.uint8]:
-    """Decode one image file to an RGB ``uint8`` array with FFmpeg."""
+def read_image(path: Path, *, strict: bool = False) -> npt.NDArray[np.uint8]:
+    """Decode one image file to an RGB ``uint8`` array with FFmpeg.
+
+    ``strict``: refuse a damaged file that FFmpeg would decode anyway (a truncated JPEG
+    comes out with its missing part grey).
+    """
     import av
     import av.error
 
     try:
         with av.open(str(path)) as container:
-            frame = next(container.decode(video=0))
+            stream = container.streams.video[0]
+            if strict:
+                stream.codec_context.options = {"err_detect": "explode"}
+            frame = next(container.decode(stream))
             image: npt.NDArray[np.uint8] = frame.to_ndarray(format="rgb24")
             return image
-    except (av.error.FFmpegError, StopIteration) as exc:
+    except (av.error.FFmpegError, StopIteration, IndexError) as exc:
         raise SourceError(f"{path}: not a readable image ({exc})") from exc
 
 

@@ -113,3 +113,17 @@ def _bias_classes() -> tuple[type[torch.nn.Module], ...]:
         if isinstance(bias_class, type) and issubclass(bias_class, torch.nn.Module):
             found.append(bias_class)
     return tuple(found)
+
+
+def uncache_position_bias(model: torch.nn.Module) -> int:
+    """Undo :func:`cache_position_bias`: put each wrapped module back; return how many.
+
+    For a model about to be saved: the wrappers would add ``inner.`` to its tensors' names.
+    """
+    unwrapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, CachedPositionBias):
+                setattr(parent, name, child.inner)
+                unwrapped += 1
+    return unwrapped
