@@ -13,8 +13,9 @@ marker comments that name what it shows and which runs, in order:
 Kinds: ``throughput`` (bare, e2e, naive at the same precision and in fp32, and the
 ratios), ``targets`` (each target of issue #7 a run can speak to, and whether it was met),
 ``time`` (where e2e's time goes), ``load`` (latency at a fraction of capacity), ``soak``
-(drops and RSS growth under each rule), ``keyframes`` (decode CPU time saved) and
-``cameras`` (the live cameras each variant holds: ``bench/cameras.py``).
+(drops and RSS growth under each rule), ``keyframes`` (decode CPU time saved),
+``cameras`` (the live cameras each variant holds: ``bench/cameras.py``) and ``zeroshot``
+(zero-shot image towers' cost per frame against BEiT-base: ``bench/zeroshot.py``).
 
 A run is found by its JSON's ``name``. Noise is never counted as a target met: a ratio
 comes with the interval its two rates' spreads allow (``ratio_intervals``), and a ratio
@@ -48,6 +49,7 @@ DOC = REPO / "BENCHMARKS.md"
 BENCH_SCHEMA = "labelcast.bench/2"
 KEYFRAMES_SCHEMA = "labelcast.keyframes/1"
 CAMERAS_SCHEMA = "labelcast.cameras/1"
+ZEROSHOT_SCHEMA = "labelcast.zeroshot-bench/1"
 
 MARKER = re.compile(
     r"(?P<open><!-- table:(?P<id>[\w.-]+)(?P<options>[^>]*?)\s*-->)\n"
@@ -99,7 +101,7 @@ def load_results(folder: Path) -> dict[str, dict[str, Any]]:
                 f"{path}: schema {schema}, not {BENCH_SCHEMA}: rerun it with today's "
                 f"bench/bench.py (its command is in the file)"
             )
-        if schema not in (BENCH_SCHEMA, KEYFRAMES_SCHEMA, CAMERAS_SCHEMA):
+        if schema not in (BENCH_SCHEMA, KEYFRAMES_SCHEMA, CAMERAS_SCHEMA, ZEROSHOT_SCHEMA):
             continue  # other benchmarks' results (e.g. preview_viewers.json)
         name = data.get("name") or path.stem
         if name in runs:
@@ -704,6 +706,51 @@ def render_cameras(runs: Sequence[dict[str, Any]]) -> str:
     )
 
 
+# What each model of bench/zeroshot.py is, as the table names it.
+ZEROSHOT_MODELS = {
+    "beit-base": "BEiT-base classifier (microsoft/beit-base-patch16-224)",
+    "clip-vit-b16": "CLIP ViT-B/16 image tower + prompt head (openai/clip-vit-base-patch16)",
+    "siglip-base": "SigLIP base image tower + prompt head (google/siglip-base-patch16-224)",
+}
+
+
+def render_zeroshot(runs: Sequence[dict[str, Any]]) -> str:
+    rows, captions = [], []
+    for run in runs:
+        if run.get("schema") != ZEROSHOT_SCHEMA:
+            raise RenderError(f"{run['_path']}: not a bench/zeroshot.py result")
+        for name, model in run["models"].items():
+            forward = model["forward_ms_per_frame"]
+            preprocess = model["preprocess_720p_ms"]
+            rows.append(
+                [
+                    ZEROSHOT_MODELS.get(name, name),
+                    f"{model['parameters'] / 1e6:.1f} M",
+                    f"{forward['median']:.0f} ({forward['min']:.0f}{DASH}{forward['max']:.0f})",
+                    f"{model['relative_to_beit_base']:.2f}{TIMES}",
+                    f"{preprocess['median']:.1f}",
+                ]
+            )
+        settings = run["settings"]
+        load = run["load_average"]
+        captions.append(
+            f"`{run['command']}`: fp32 torch, {settings['threads']} threads, "
+            f"{settings['frames']} frames per model in batches of {settings['batch']} "
+            f"(median, min{DASH}max of the batches), the models taking turns batch by batch; "
+            f"prompt heads of {settings['labels']} labels; {machine_text([run])}. "
+            f"{run['note'][0].upper()}{run['note'][1:]} (load average "
+            f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end)."
+        )
+    header = [
+        "model (random weights, real architecture)",
+        "parameters per frame",
+        "forward ms/frame",
+        "vs BEiT-base",
+        "preprocess 720p ms/frame",
+    ]
+    return table(header, rows) + "\n\n" + "\n".join(captions)
+
+
 def _ms(value: float | None) -> str:
     return DASH if value is None else f"{value:.0f} ms"
 
@@ -716,6 +763,7 @@ KINDS: dict[str, Callable[[Sequence[dict[str, Any]]], str]] = {
     "soak": render_soak,
     "keyframes": render_keyframes,
     "cameras": render_cameras,
+    "zeroshot": render_zeroshot,
 }
 
 

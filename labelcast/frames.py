@@ -114,11 +114,17 @@ class Label:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Which model produced an event: id, the revision actually loaded, and the precision."""
+    """Which model produced an event: id, the revision actually loaded, precision, scoring.
+
+    ``scoring`` says how the label scores were made from the model's logits: ``softmax``
+    (over the labels; they add up to 1 before any are left out) or ``sigmoid`` (each
+    label scored on its own, as SigLIP checkpoints are; they need not add up to 1).
+    """
 
     id: str
     revision: str | None
     precision: str
+    scoring: str = "softmax"
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,26 @@ def test_the_naive_onnxruntime_loop_runs_labelcasts_int8_file(
     assert list((tmp_path / "cache").rglob("*-int8.onnx"))
 
 
+def test_quick_zeroshot_bench_writes_its_figures_and_renders(tmp_path: Path) -> None:
+    # given bench/zeroshot.py with tiny towers of the three kinds (a smoke run)
+    out = tmp_path / "zeroshot.json"
+    zeroshot = load_script(REPO / "bench" / "zeroshot.py", "labelcast_bench_zeroshot")
+    # when it measures two frames of each in one batch
+    assert zeroshot.main(["--quick", "--frames", "2", "--batch", "2", "--json", str(out)]) == 0
+    # then each model has its cost per frame, relative to BEiT-base, and its preprocessing
+    data = json.loads(out.read_text())
+    assert data["schema"] == render.ZEROSHOT_SCHEMA and data["settings"]["quick"] is True
+    assert set(data["models"]) == {"beit-base", "clip-vit-b16", "siglip-base"}
+    for model in data["models"].values():
+        assert model["forward_ms_per_frame"]["median"] > 0 and model["batches"] == 1
+        assert model["preprocess_720p_ms"]["median"] > 0
+    assert data["models"]["beit-base"]["relative_to_beit_base"] == 1.0
+    # and render.py makes its table
+    data["_path"] = str(out)
+    text = render.render_zeroshot([data])
+    assert "CLIP ViT-B/16 image tower" in text and "bench/zeroshot.py --quick" in text
+
+
 # --------------------------------------------------------------------------- render
 
 

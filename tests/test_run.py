@@ -96,7 +96,12 @@ def test_every_event_has_the_schema_fields_with_their_types(two_stream_run):
         datetime.fromisoformat(event["captured_at"].replace("Z", "+00:00"))
         assert isinstance(event["latency_ms"], float) and event["latency_ms"] >= 0
         assert event["dropped"] == 0
-        assert event["model"] == {"id": event["model"]["id"], "revision": None, "precision": "fp32"}
+        assert event["model"] == {
+            "id": event["model"]["id"],
+            "revision": None,
+            "precision": "fp32",
+            "scoring": "softmax",
+        }
         assert 1 <= len(event["labels"]) <= 3
         scores = [label["score"] for label in event["labels"]]
         assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)

@@ -2,8 +2,11 @@
 
 The file takes ``pixel_values`` (float32, ``(batch, 3, H, W)``, batch dynamic) as the
 checkpoint's preprocessing makes them and returns ``logits``; ``--quantize int8`` writes
-ONNX Runtime's dynamic int8 quantization instead. After writing, the file is run on a test
-batch and its logits compared with torch fp32; the largest difference is reported.
+ONNX Runtime's dynamic int8 quantization instead. For a zero-shot checkpoint (CLIP, SigLIP)
+the file is its image tower, returning ``image_embeds``; the configured ``model.prompts``
+are embedded with torch when the file is loaded. After writing, the file is run on a test
+batch and its logits (for a zero-shot checkpoint: with the prompts' head applied) compared
+with torch fp32; the largest difference is reported.
 
 ``--triton-repo DIR`` writes a Triton model repository instead, for a stock Triton server
 (its ONNX Runtime backend) serving ``model.backend: triton`` gateways: ``DIR/<name>/1/
@@ -28,6 +31,7 @@ from labelcast.model.backends.onnxruntime import OnnxModel
 from labelcast.model.checkpoint import resolve_checkpoint, verify_sha256
 from labelcast.model.config import ModelConfig, TritonServeConfig
 from labelcast.model.loading import checkpoint_preprocessor, load_torch_model, onnx_input_size
+from labelcast.model.zeroshot import PromptHead, family_for, load_zero_shot, refuse_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +46,29 @@ def export(config: ModelConfig, output: Path, quantize: str = "none") -> dict[st
     verify_sha256(checkpoint, config.sha256)
     preprocessor = checkpoint_preprocessor(checkpoint)
     size = onnx_input_size(preprocessor, config.id)
-    model = load_torch_model(checkpoint, config.allow_pickle)
+    family = family_for(checkpoint, config)
+    head: PromptHead | None = None
+    if family is None:
+        model = load_torch_model(checkpoint, config.allow_pickle)
+        output_name, outputs = onnx_export.OUTPUT_NAME, int(model.config.num_labels)
+
+        def write(path: Path) -> None:
+            onnx_export.export_onnx(model, size, path)
+    else:
+        zero_shot = load_zero_shot(checkpoint, config, family)
+        model, head = zero_shot.classifier(), zero_shot.head
+        output_name, outputs = onnx_export.EMBEDS_NAME, head.embedding_size
+
+        def write(path: Path) -> None:
+            onnx_export.export_image_tower(zero_shot.tower, size, path)
+
     if quantize == "int8":
         with tempfile.TemporaryDirectory(prefix="labelcast-export-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
-            onnx_export.export_onnx(model, size, fp32)
+            write(fp32)
             onnx_export.quantize_int8(fp32, output)
     else:
-        onnx_export.export_onnx(model, size, output)
+        write(output)
     # A check on random frames, preprocessed as the pipeline does.
     generator = np.random.default_rng(0)
     frames = [
@@ -60,7 +79,9 @@ def export(config: ModelConfig, output: Path, quantize: str = "none") -> dict[st
     with torch.inference_mode():
         expected = model(pixel_values=pixels).logits.float().numpy()
     session = OnnxModel(output, ["CPUExecutionProvider"])
-    actual = session(pixels).numpy()
+    with torch.inference_mode():
+        ran = session(pixels)  # logits, or a zero-shot image tower's embeddings
+        actual = (ran if head is None else head(ran)).numpy()
     return {
         "model": config.id,
         "revision": checkpoint.revision,
@@ -68,6 +89,7 @@ def export(config: ModelConfig, output: Path, quantize: str = "none") -> dict[st
         "bytes": output.stat().st_size,
         "precision": "int8" if quantize == "int8" else "fp32",
         "input": {"name": onnx_export.INPUT_NAME, "shape": ["batch", 3, *size]},
+        "output": {"name": output_name, "shape": ["batch", outputs]},
         "check": {
             "frames": _CHECK_FRAMES,
             "max_abs_logit_diff": float(np.abs(actual - expected).max()),
@@ -82,6 +104,7 @@ def export_triton_repo(config: ModelConfig, repo: Path, quantize: str = "none") 
     """Write a Triton model repository for ``config``'s checkpoint; return what was checked."""
     checkpoint = resolve_checkpoint(config.id, config.revision, allow_pickle=config.allow_pickle)
     verify_sha256(checkpoint, config.sha256)
+    refuse_zero_shot(checkpoint, "labelcast export --triton-repo")
     preprocessor = checkpoint_preprocessor(checkpoint)
     size = onnx_input_size(preprocessor, config.id, backend="triton")
     model = load_torch_model(checkpoint, config.allow_pickle)

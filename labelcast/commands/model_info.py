@@ -10,13 +10,16 @@ from typing import Any
 
 from labelcast.errors import ModelError
 from labelcast.model.checkpoint import SAFE_WEIGHTS, resolve_checkpoint, sha256_of
+from labelcast.model.prompts import FAMILIES
 
 
 def model_info(model_id: str, revision: str | None = None) -> dict[str, Any]:
     """Describe a checkpoint: id, resolved revision, files, license, labels, preprocessing.
 
     Parameters are counted from safetensors headers, so nothing is deserialised
-    (pickle-only checkpoints are listed, but their parameters are not counted).
+    (pickle-only checkpoints are listed, but their parameters are not counted). ``kind``
+    is ``image-classification`` (labels of its own) or ``zero-shot`` (a CLIP or SigLIP
+    checkpoint: labels from ``model.prompts``), ``scoring`` how its logits become scores.
     """
     checkpoint = resolve_checkpoint(model_id, revision, allow_pickle=True)
     config = checkpoint.read_json("config.json")
@@ -24,7 +27,9 @@ def model_info(model_id: str, revision: str | None = None) -> dict[str, Any]:
     weights = [
         checkpoint.directory / n for n in checkpoint.weight_files if n.endswith(SAFE_WEIGHTS)
     ]
-    id2label = config.get("id2label") or {}
+    family = FAMILIES.get(str(config.get("model_type")))
+    # A zero-shot checkpoint's config may carry transformers' placeholder labels: not its own.
+    id2label = (config.get("id2label") or {}) if family is None else {}
     return {
         "id": model_id,
         "revision": checkpoint.revision,
@@ -32,6 +37,9 @@ def model_info(model_id: str, revision: str | None = None) -> dict[str, Any]:
         "architecture": (config.get("architectures") or [None])[0],
         "model_type": config.get("model_type"),
         "license": checkpoint.license(),
+        "kind": "image-classification" if family is None else "zero-shot",
+        "family": None if family is None else family.name,
+        "scoring": "softmax" if family is None else family.scoring,
         "num_labels": len(id2label),
         "parameters": sum(_safetensors_parameters(path) for path in weights) if weights else None,
         "safetensors": checkpoint.has_safetensors,
@@ -66,13 +74,26 @@ def format_model_info(info: dict[str, Any]) -> str:
         f"revision:      {info['revision'] or '(local directory)'}",
         f"architecture:  {info['architecture']} ({info['model_type']})",
         f"license:       {info['license'] or '(not stated in the model card)'}",
-        f"labels:        {info['num_labels']}",
+        f"kind:          {_kind(info)}",
+        f"labels:        {_labels(info)}",
         f"parameters:    {f'{params:,}' if params is not None else '(no safetensors weights)'}",
         f"preprocessing: {json.dumps(info['preprocessing'])}",
         "files:",
     ]
     lines += [f"  {f['name']:<32} {f['size']:>12,}  sha256 {f['sha256']}" for f in info["files"]]
     return "\n".join(lines)
+
+
+def _kind(info: dict[str, Any]) -> str:
+    if info.get("kind") == "zero-shot":
+        return f"zero-shot ({info['family']}; scores: {info['scoring']})"
+    return "image classification (scores: softmax)"
+
+
+def _labels(info: dict[str, Any]) -> str:
+    if info.get("kind") == "zero-shot":
+        return "none of its own: set by model.prompts (docs/zero-shot.md)"
+    return str(info["num_labels"])
 
 
 def _safetensors_parameters(path: Path) -> int:

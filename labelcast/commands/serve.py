@@ -41,6 +41,7 @@ from labelcast.model.checkpoint import resolve_checkpoint
 from labelcast.model.classifier import Classifier
 from labelcast.model.config import ModelConfig, served_config
 from labelcast.model.loading import onnx_input_size, resolve_device
+from labelcast.model.zeroshot import refuse_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def serve(
     checkpoint = resolve_checkpoint(
         model_config.id, model_config.revision, allow_pickle=model_config.allow_pickle
     )
+    refuse_zero_shot(checkpoint, "labelcast serve")
     classifiers: dict[str, Classifier] = {}
     functions: list[InferFunction] = []
     for instance in instance_configs(model_config, settings.instances):

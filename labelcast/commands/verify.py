@@ -23,7 +23,7 @@ import numpy.typing as npt
 from labelcast.config import PipelineConfig
 from labelcast.errors import ConfigError, SourceError
 from labelcast.labels.postprocess import Postprocess
-from labelcast.model.agreement import agreement
+from labelcast.model.agreement import agreement, scores
 from labelcast.model.config import reference_config
 
 if TYPE_CHECKING:
@@ -147,6 +147,7 @@ def verify(
             "device": configured.info.device,
             "precision": configured.info.precision,
             "backend": configured.info.backend,
+            "scoring": configured.info.scoring,
         },
         "images": len(images.pictures),
     }
@@ -159,7 +160,9 @@ def verify(
             "precision": "fp32",
             "backend": "torch",
         }
-        report["agreement"] = agreement(logits, _logits(reference, images.pictures, batch))
+        report["agreement"] = agreement(
+            logits, _logits(reference, images.pictures, batch), configured.info.scoring
+        )
     else:
         report["reference"] = None
         report["agreement"] = None
@@ -281,15 +284,13 @@ def _accuracy(
     logits: npt.NDArray[np.float32],
     labelled: list[tuple[int, str]],
 ) -> dict[str, Any]:
-    import torch
-
     # Folder names are compared with labels as events name them (after labels.map), but
     # without the event filters, which would hide a wrong answer rather than score it.
     rules = config.labels.model_copy(
         update={"top_k": 5, "min_score": 0.0, "include": [], "exclude": []}
     )
     postprocess = Postprocess(rules, classifier.id2label)
-    probs = torch.from_numpy(logits[[i for i, _ in labelled]]).softmax(dim=-1).numpy()
+    probs = scores(logits[[i for i, _ in labelled]], classifier.info.scoring).astype(np.float32)
     predictions = postprocess.labels(probs)
     top1 = [
         labels[0].label == truth for labels, (_, truth) in zip(predictions, labelled, strict=True)
@@ -312,5 +313,5 @@ def _check_folder_names(config: PipelineConfig, classifier: Classifier, names: s
     if unknown:
         raise ConfigError(
             f"--images: folder names {unknown} are not labels of this model "
-            "(use names from its id2label, or from labels.map)"
+            "(use names from its id2label or model.prompts, or from labels.map)"
         )

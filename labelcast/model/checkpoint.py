@@ -24,8 +24,19 @@ SAFE_WEIGHTS = (".safetensors",)
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # What a classifier needs from a hub repository; other files (other frameworks' weights,
-# ONNX exports) are not fetched.
-_HUB_FILES = ["*.json", "*.safetensors", "README.md"]
+# ONNX exports) are not fetched. Zero-shot checkpoints add their tokenizer: BPE merges
+# (CLIP; tokenizer.json is matched by *.json) or a SentencePiece model (SigLIP), data
+# files that run no code when read.
+_HUB_FILES = [
+    "*.json",
+    "*.safetensors",
+    "README.md",
+    "merges.txt",
+    "vocab.txt",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+]
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 :meth:`Classifier.load` loads the configured model with its backend (``registry.py``:
 torch, ONNX Runtime or Triton, each an engine under ``backends/``). The Classifier is
 the pipeline's :class:`~labelcast.model.backends.base.Backend` for all of them: it owns
-what they share (labels, batch buckets, softmax in fp32, freeing the model) and asks its
-engine for the rest (preprocessing, the forward pass, a remote server's state).
+what they share (labels, batch buckets, scores in fp32, freeing the model) and asks its
+engine for the rest (preprocessing, the forward pass, a remote server's state). Scores are
+a softmax over the labels, or for a SigLIP checkpoint a sigmoid of each label's logit
+(``info.scoring``).
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class Classifier:
     ) -> Pending:
         """Start classifying ``images``; the returned batch's ``result()`` is :meth:`classify`'s.
 
-        On CUDA this queues the whole batch (copy, preprocessing, forward pass, softmax,
+        On CUDA this queues the whole batch (copy, preprocessing, forward pass, scores,
         copy back) and returns at once, so the caller can stage the next batch meanwhile
         (see ``staging.py``). Elsewhere it calls :meth:`classify` and returns its result.
         ``stop`` ends a wait for a remote server (BatchError).
@@ -157,13 +159,13 @@ class Classifier:
                 return Completed(self.classify(images, stop))
             return Completed(self.classify(images))
         with torch.inference_mode():
-            probs = self.forward(self.preprocess(images)).float().softmax(dim=-1)
+            probs = self.scores(self.forward(self.preprocess(images)))
             return self._engine.fetch(probs)
 
     def classify(
         self, images: Sequence[npt.NDArray[np.uint8]], stop: threading.Event | None = None
     ) -> npt.NDArray[np.float32]:
-        """Return class probabilities (softmax in fp32), shape (len(images), num_labels).
+        """Return class scores in fp32 (see :meth:`scores`), shape (len(images), num_labels).
 
         With backend triton this waits through server faults (``stop`` ends the wait)
         and raises BatchError for a batch it drops (see ``backends/triton.py``).
@@ -171,10 +173,15 @@ class Classifier:
         if self.overlaps:
             return self.submit(images).result()
         with torch.inference_mode():
-            logits = self.forward(self.preprocess(images), stop)
-            probs = logits.float().softmax(dim=-1)
+            probs = self.scores(self.forward(self.preprocess(images), stop))
         result: npt.NDArray[np.float32] = probs.cpu().numpy()
         return result
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Turn logits into scores in fp32: softmax over the labels, or a sigmoid of each."""
+        if self.info.scoring == "sigmoid":
+            return logits.float().sigmoid()
+        return logits.float().softmax(dim=-1)
 
     def close(self) -> None:
         """Free the model, its staging buffers and copy threads; the classifier is unusable after.

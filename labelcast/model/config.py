@@ -10,8 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from labelcast.model.prompts import (
+    Prompts,
+    Scoring,
+    check_prompts,
+    check_template,
+    resolve_prompts,
+)
 from labelcast.util.backoff import ReconnectConfig
 
 DEFAULT_MODEL_ID = "microsoft/beit-base-patch16-224"
@@ -266,6 +273,53 @@ class ModelConfig(BaseModel):
             "(docs/scaling.md). With backend triton, device and precision are the server's."
         ),
     ] = TritonConfig()
+    prompts: Annotated[
+        Prompts | None,
+        Field(
+            description="Zero-shot checkpoints (CLIP, SigLIP) only, and required for them: "
+            "the labels, each with the texts that describe it (label: [text, ...]), or a "
+            "plain list of labels that prompt_template turns into texts (docs/zero-shot.md)."
+        ),
+    ] = None
+    prompt_template: Annotated[
+        str | None,
+        Field(
+            description="With a plain list of model.prompts: the text of each label, {} "
+            "standing for the label. Unset: 'a photo of {}.'."
+        ),
+    ] = None
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _prompts_are_usable(cls, value: object) -> Prompts | None:
+        return check_prompts(value)
+
+    @field_validator("prompt_template", mode="before")
+    @classmethod
+    def _template_is_usable(cls, value: object) -> str | None:
+        return check_template(value)
+
+    @model_validator(mode="after")
+    def _prompts_fit(self) -> ModelConfig:
+        if self.prompt_template is not None:
+            if self.prompts is None:
+                raise ValueError("model.prompt_template needs model.prompts (a list of labels)")
+            if isinstance(self.prompts, dict):
+                raise ValueError(
+                    "model.prompt_template applies to a plain list of labels; with "
+                    "label: [texts] in model.prompts, write each text in full"
+                )
+        if self.prompts is not None and self.backend == "triton":
+            raise ValueError(
+                "model.prompts (a zero-shot model) runs on backend torch or onnxruntime, not triton"
+            )
+        return self
+
+    def label_prompts(self) -> dict[str, tuple[str, ...]] | None:
+        """Return each label's texts (a plain label list through the template); None if unset."""
+        if self.prompts is None:
+            return None
+        return resolve_prompts(self.prompts, self.prompt_template)
 
     @model_validator(mode="after")
     def _backend_settings_fit(self) -> ModelConfig:
@@ -301,13 +355,14 @@ class ModelConfig(BaseModel):
 
 @dataclass(frozen=True)
 class LoadedModelInfo:
-    """What was actually loaded: id, resolved revision, device and precision."""
+    """What was actually loaded: id, resolved revision, device, precision, backend, scoring."""
 
     id: str
     revision: str | None
     device: str
     precision: str
     backend: str = "torch"
+    scoring: Scoring = "softmax"
 
 
 def reference_config(config: ModelConfig) -> ModelConfig:

@@ -55,7 +55,7 @@ def run_self_check(
         raise TypeError(f"{type(backend).__name__} gives no logits to self-check")
     frames = list(images[:SELF_CHECK_FRAMES])
     reference = Classifier.load(reference_config(config), precision="fp32")
-    result = agreement(backend.logits(frames), reference.logits(frames))
+    result = agreement(backend.logits(frames), reference.logits(frames), reference.info.scoring)
     del reference
     summary = (
         "%s vs fp32 on %d frames: top-1 agreement %.1f%%, max |score diff| %.4f, "

@@ -107,7 +107,7 @@ def build_labelling(
                 clock=smoothing.resolved_clock(live),
             )
     info = backend.info
-    model_info = ModelInfo(info.id, info.revision, info.precision)
+    model_info = ModelInfo(info.id, info.revision, info.precision, info.scoring)
     return Labelling(backend, postprocess, trackers, model_info)
 
 

@@ -3,7 +3,9 @@
 What ``labelcast export`` writes and what the ONNX Runtime backend (``onnxruntime.py``)
 exports on first load. The ONNX file has one input, ``pixel_values`` (float32,
 ``(batch, 3, H, W)``, the batch axis dynamic) and one output, ``logits`` (float32,
-``(batch, num_labels)``); a Triton model (``labelcast export --triton-repo``) takes resized
+``(batch, num_labels)``); a zero-shot checkpoint's export is its image tower alone, whose one
+output is ``image_embeds`` (float32, ``(batch, D)``, unit length: ``zeroshot.py`` turns them
+into the labels' logits); a Triton model (``labelcast export --triton-repo``) takes resized
 ``uint8`` ``pixels`` and normalises them itself. ``quantize: int8`` applies ONNX Runtime's
 dynamic quantization (int8 weights of MatMul/Gemm, activations quantized per batch at run
 time).
@@ -34,6 +36,8 @@ INPUT_NAME = "pixel_values"
 # --triton-repo); the same name as the Triton backend's input.
 UINT8_INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
+# The output of a zero-shot checkpoint's image tower (zeroshot.ImageTower).
+EMBEDS_NAME = "image_embeds"
 OPSET = 18
 # Bumped when the export changes in a way that makes cached files stale.
 EXPORTER_VERSION = "1"
@@ -62,15 +66,32 @@ def export_onnx(
     a later torch), the ``torch.export``-based one (it needs ``onnxscript``) is tried.
     Weights are embedded in the one file, which appears atomically (written, then renamed).
     """
-    require("onnx")
     height, width = input_size
-    wrapper: torch.nn.Module = _LogitsOnly(model).eval()
-    input_name = INPUT_NAME
-    example = torch.zeros(2, 3, height, width, dtype=torch.float32)
     if normalise is not None:
-        wrapper = _NormalisedLogits(model, normalise).eval()
-        input_name = UINT8_INPUT_NAME
         example = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8)
+        wrapper = _NormalisedLogits(model, normalise).eval()
+        _export(wrapper, example, UINT8_INPUT_NAME, OUTPUT_NAME, path)
+    else:
+        example = torch.zeros(2, 3, height, width, dtype=torch.float32)
+        _export(_LogitsOnly(model).eval(), example, INPUT_NAME, OUTPUT_NAME, path)
+
+
+def export_image_tower(tower: torch.nn.Module, input_size: tuple[int, int], path: Path) -> None:
+    """Export a zero-shot checkpoint's fp32 image tower: ``pixel_values`` to ``image_embeds``.
+
+    ``tower`` takes pixel values and returns (N, D) embeddings (``zeroshot.ImageTower``);
+    exported as :func:`export_onnx` exports a classifier.
+    """
+    height, width = input_size
+    example = torch.zeros(2, 3, height, width, dtype=torch.float32)
+    _export(tower.eval(), example, INPUT_NAME, EMBEDS_NAME, path)
+
+
+def _export(
+    wrapper: torch.nn.Module, example: torch.Tensor, input_name: str, output_name: str, path: Path
+) -> None:
+    """Export ``wrapper`` (one tensor in, one out) to ``path``, batch axis dynamic, atomically."""
+    require("onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
         partial = Path(tmp) / path.name
@@ -81,8 +102,8 @@ def export_onnx(
                     (example,),
                     str(partial),
                     input_names=[input_name],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_axes={input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    output_names=[output_name],
+                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
                     opset_version=OPSET,
                     dynamo=False,
                 )
@@ -95,7 +116,7 @@ def export_onnx(
                         (example,),
                         str(partial),
                         input_names=[input_name],
-                        output_names=[OUTPUT_NAME],
+                        output_names=[output_name],
                         dynamic_shapes={input_name: {0: torch.export.Dim("batch", max=4096)}},
                         opset_version=OPSET,
                         dynamo=True,

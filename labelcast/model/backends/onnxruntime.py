@@ -7,7 +7,10 @@ forward pass moves to ONNX Runtime. Without ``model.onnx.path`` the checkpoint i
 ``$XDG_CACHE_HOME/labelcast``, else ``~/.cache/labelcast``; files in its ``onnx/`` folder),
 keyed by the SHA-256 of the checkpoint's weights and config, the input size, the torch
 version and the exporter version: a later start reuses the file, a changed checkpoint gets
-a new one. ``quantize: int8`` caches its int8 file next to the fp32 one.
+a new one. ``quantize: int8`` caches its int8 file next to the fp32 one. For a zero-shot
+checkpoint (CLIP, SigLIP) the file is its image tower alone: the labels' text embeddings
+are made with torch at load (``zeroshot.py``) and applied to the tower's output here, so
+changing ``model.prompts`` reuses the same file.
 
 ``onnxruntime`` is an optional dependency (the ``onnx`` extra), imported only here and only
 when the backend is used.
@@ -31,11 +34,13 @@ import torch
 from labelcast.errors import ModelError
 from labelcast.model.backends.base import Completed, Pending
 from labelcast.model.backends.onnx_export import (
+    EMBEDS_NAME,
     EXPORTER_VERSION,
     INPUT_NAME,
     OPSET,
     OUTPUT_NAME,
     UINT8_INPUT_NAME,
+    export_image_tower,
     export_onnx,
     is_quantized,
     quantize_int8,
@@ -53,8 +58,10 @@ from labelcast.model.loading import (
 )
 from labelcast.model.preprocess import Preprocessor
 from labelcast.model.staging import InputStager
+from labelcast.model.zeroshot import PromptHead, family_for, load_zero_shot
 
 __all__ = [
+    "EMBEDS_NAME",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "UINT8_INPUT_NAME",
@@ -84,11 +91,15 @@ def cache_dir() -> Path:
     return base / "labelcast" / "onnx"
 
 
-def export_key(checkpoint: Checkpoint, input_size: tuple[int, int]) -> str:
+def export_key(
+    checkpoint: Checkpoint, input_size: tuple[int, int], *, image_tower: bool = False
+) -> str:
     """Return the cache key of a checkpoint's export: what would change the ONNX file."""
     digest = hashlib.sha256()
     parts = [checkpoint.id, checkpoint.revision or "", f"{input_size}", torch.__version__]
     parts += [EXPORTER_VERSION, str(OPSET)]
+    if image_tower:
+        parts.append(EMBEDS_NAME)
     for name in sorted([*checkpoint.weight_files, "config.json"]):
         path = checkpoint.directory / name
         if path.is_file():
@@ -102,16 +113,26 @@ def cached_export(
     checkpoint: Checkpoint,
     input_size: tuple[int, int],
     load_model: Callable[[], torch.nn.Module],
+    *,
+    image_tower: bool = False,
 ) -> Path:
-    """Return the cached fp32 ONNX export of ``checkpoint``, exporting it first if missing."""
+    """Return the cached fp32 ONNX export of ``checkpoint``, exporting it first if missing.
+
+    ``image_tower``: ``load_model`` gives a zero-shot checkpoint's image tower, exported
+    with :func:`export_image_tower` (and cached under a key of its own).
+    """
     folder = cache_dir()
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", checkpoint.id.strip("/")).strip("_")[-60:]
-    path = folder / f"{name or 'model'}-{export_key(checkpoint, input_size)}.onnx"
+    key = export_key(checkpoint, input_size, image_tower=image_tower)
+    path = folder / f"{name or 'model'}-{key}.onnx"
     if path.is_file():
         log.info("model %s: using cached ONNX export %s", checkpoint.id, path)
         return path
     log.info("model %s: exporting to ONNX (%s), once per checkpoint", checkpoint.id, path)
-    export_onnx(load_model(), input_size, path)
+    if image_tower:
+        export_image_tower(load_model(), input_size, path)
+    else:
+        export_onnx(load_model(), input_size, path)
     return path
 
 
@@ -177,10 +198,17 @@ def providers_for(device: torch.device) -> list[Any]:
 
 
 class OnnxEngine:
-    """An :class:`OnnxModel` behind the Classifier: fp32 input made on the CPU."""
+    """An :class:`OnnxModel` behind the Classifier: fp32 input made on the CPU.
 
-    def __init__(self, model: OnnxModel, preprocessor: Preprocessor) -> None:
+    With a ``head`` the file is a zero-shot image tower: the head turns its embeddings
+    into the labels' logits.
+    """
+
+    def __init__(
+        self, model: OnnxModel, preprocessor: Preprocessor, head: PromptHead | None = None
+    ) -> None:
         self._model: OnnxModel | None = model
+        self._head = head
         # ONNX Runtime takes numpy input: its preprocessing runs on the CPU, in fp32.
         self._device = torch.device("cpu")
         self._stager = InputStager(preprocessor, self._device, torch.float32)
@@ -218,7 +246,12 @@ class OnnxEngine:
         """Return the session's logits (``stop`` is for remote waits: none here)."""
         if self._model is None:
             raise RuntimeError("this classifier was closed (a reload replaced its model)")
-        return self._model(inputs)
+        outputs = self._model(inputs)
+        if self._head is None:
+            return outputs
+        with torch.inference_mode():
+            logits: torch.Tensor = self._head(outputs)
+        return logits
 
     def fetch(self, probs: torch.Tensor) -> Pending:
         """Return the probabilities as numpy (they are on the CPU already)."""
@@ -253,16 +286,29 @@ def load(config: ModelConfig, precision: str | None = None) -> Loaded:
     checkpoint = resolve_checkpoint(config.id, config.revision, allow_pickle=config.allow_pickle)
     verify_sha256(checkpoint, config.sha256)
     preprocessor = checkpoint_preprocessor(checkpoint)
-    id2label = checkpoint_labels(checkpoint, config.id)
     size = onnx_input_size(preprocessor, config.id)
+    family = family_for(checkpoint, config)
+    head: PromptHead | None = None
+    if family is None:
+        id2label = checkpoint_labels(checkpoint, config.id)
+
+        def load_model() -> torch.nn.Module:
+            model: torch.nn.Module = load_torch_model(checkpoint, config.allow_pickle)
+            return model
+    else:
+        # The text tower runs in torch, now; the ONNX file is the image tower alone.
+        zero_shot = load_zero_shot(checkpoint, config, family)
+        id2label, head = zero_shot.id2label, zero_shot.head
+
+        def load_model() -> torch.nn.Module:
+            return zero_shot.tower
+
     if config.onnx.path is not None:
         path = Path(config.onnx.path)
         if not path.is_file():
             raise ModelError(f"model.onnx.path {config.onnx.path}: no such file")
     else:
-        path = cached_export(
-            checkpoint, size, lambda: load_torch_model(checkpoint, config.allow_pickle)
-        )
+        path = cached_export(checkpoint, size, load_model, image_tower=family is not None)
     if config.onnx.quantize == "int8" and not is_quantized(path):
         target = quantized_path(path)
         if not target.is_file():
@@ -271,9 +317,17 @@ def load(config: ModelConfig, precision: str | None = None) -> Loaded:
         path = target
     precision = "int8" if is_quantized(path) else "fp32"
     model = OnnxModel(path, providers_for(device))
-    _check_onnx_shapes(model, size, len(id2label), path)
+    outputs = len(id2label) if head is None else head.embedding_size
+    _check_onnx_shapes(model, size, outputs, path, zero_shot=head is not None)
     ran_on = str(device) if "CUDAExecutionProvider" in model.providers else "cpu"
-    info = LoadedModelInfo(config.id, checkpoint.revision, ran_on, precision, "onnxruntime")
+    info = LoadedModelInfo(
+        config.id,
+        checkpoint.revision,
+        ran_on,
+        precision,
+        "onnxruntime",
+        "softmax" if family is None else family.scoring,
+    )
     log.info(
         "loaded model %s (revision %s) in ONNX Runtime (%s, %s) from %s, %d labels",
         config.id,
@@ -284,12 +338,12 @@ def load(config: ModelConfig, precision: str | None = None) -> Loaded:
         len(id2label),
     )
     return Loaded(
-        OnnxEngine(model, preprocessor), preprocessor, id2label, info, config.batch.buckets
+        OnnxEngine(model, preprocessor, head), preprocessor, id2label, info, config.batch.buckets
     )
 
 
 def _check_onnx_shapes(
-    model: OnnxModel, size: tuple[int, int], num_labels: int, path: Path
+    model: OnnxModel, size: tuple[int, int], outputs: int, path: Path, *, zero_shot: bool
 ) -> None:
     expected_in: list[int | None] = [None, 3, *size]
     for axis, (want, got) in enumerate(zip(expected_in, model.input_shape, strict=False)):
@@ -306,7 +360,12 @@ def _check_onnx_shapes(
             model.input_shape[0],
         )
     last = model.output_shape[-1] if model.output_shape else None
-    if isinstance(last, int) and last != num_labels:
+    if isinstance(last, int) and last != outputs:
+        if zero_shot:
+            raise ModelError(
+                f"{path}: the model outputs {last} values, but the checkpoint's image "
+                f"embeddings have {outputs} (export its image tower with labelcast export)"
+            )
         raise ModelError(
-            f"{path}: the model outputs {last} logits, but the checkpoint has {num_labels} labels"
+            f"{path}: the model outputs {last} logits, but the checkpoint has {outputs} labels"
         )

@@ -30,7 +30,9 @@ from labelcast.model.loading import (
 )
 from labelcast.model.position_bias import cache_position_bias
 from labelcast.model.preprocess import Preprocessor
+from labelcast.model.prompts import Scoring
 from labelcast.model.staging import InputStager
+from labelcast.model.zeroshot import ZeroShotClassifier, family_for, load_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +155,24 @@ def load(config: ModelConfig, precision: str | None = None) -> Loaded:
     checkpoint = resolve_checkpoint(config.id, config.revision, allow_pickle=config.allow_pickle)
     verify_sha256(checkpoint, config.sha256)
     preprocessor = checkpoint_preprocessor(checkpoint)
-    model = load_torch_model(checkpoint, config.allow_pickle)
-    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-    model = _prepare(model, device, precision)
+    family = family_for(checkpoint, config)
+    scoring: Scoring = "softmax"
+    if family is None:
+        model = load_torch_model(checkpoint, config.allow_pickle)
+        id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+        model = _prepare(model, device, precision)
+    else:
+        # Only the image tower takes the precision: the labels' embeddings and the
+        # cosines stay fp32 (PromptHead).
+        zero_shot = load_zero_shot(checkpoint, config, family)
+        tower = _prepare(zero_shot.tower, device, precision)
+        model = ZeroShotClassifier(tower, zero_shot.head.to(device)).eval()
+        id2label, scoring = zero_shot.id2label, family.scoring
     if config.compile == "none":
         cache_position_bias(model)  # compiled, CUDA graphs replay its work anyway
     else:
         model = _compile(model, config, preprocessor, device, precision)
-    info = LoadedModelInfo(config.id, checkpoint.revision, str(device), precision)
+    info = LoadedModelInfo(config.id, checkpoint.revision, str(device), precision, scoring=scoring)
     log.info(
         "loaded model %s (revision %s) on %s in %s, %d labels",
         config.id,

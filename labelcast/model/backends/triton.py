@@ -52,6 +52,7 @@ from labelcast.model.loading import (
     onnx_input_size,
 )
 from labelcast.model.preprocess import Preprocessor
+from labelcast.model.zeroshot import refuse_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def load(config: ModelConfig, precision: str | None = None) -> Loaded:
     fetched = {f.name for f in checkpoint.files}
     verify_sha256(checkpoint, {k: v for k, v in config.sha256.items() if k in fetched})
     preprocessor = checkpoint_preprocessor(checkpoint)
+    refuse_zero_shot(checkpoint, "model.backend triton")
     id2label = checkpoint_labels(checkpoint, config.id)
     size = onnx_input_size(preprocessor, config.id, backend="triton")
     expected = Expected(
