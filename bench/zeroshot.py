@@ -231,9 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python bench/zeroshot.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": bench.machine_info(),
         "note": (
-            "a shared machine: other work ran beside this one, so the figures are "
-            "indicative; the models took turns batch by batch, so a busy moment cost "
-            "them alike"
+            "the models took turns batch by batch, so a busy moment of the machine "
+            "cost them alike"
         ),
         "settings": {
             "frames": args.frames,
