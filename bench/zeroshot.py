@@ -231,8 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python bench/zeroshot.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": bench.machine_info(),
         "note": (
-            "the models took turns batch by batch, so a busy moment of the machine "
-            "cost them alike"
+            "the models took turns batch by batch, so a busy moment of the machine cost them alike"
         ),
         "settings": {
             "frames": args.frames,
