@@ -329,6 +329,10 @@ def test_500_is_retried_until_200_and_readiness_reports_it(
         wait_until(lambda: not sink.connected, 10, "the sink to report the 500s")
         assert sink.problem is not None and "500" in sink.problem
         assert sink.backlog == 3
+        # (and has been retried at least once: the sender backs off up to 0.2 s)
+        retried = lambda: len([r for r in server.requests() if r.status == 500]) >= 2  # noqa: E731
+        wait_until(retried, 10, "a retry of the refused event")
+        assert sink.backlog == 3
         # When the endpoint answers 200 again
         server.default = Answer(200)
         wait_until(lambda: sink.backlog == 0, 10, "the outbox to drain")
