@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,10 @@ class SnapshotStore:
         self.snapshots = snapshots
         self.data = data
         self.page_size = page_size  # the most pictures one page() returns
+        # One move or delete at a time in this process: two requests racing for one
+        # picture could otherwise leave it under "-2" while its own name is free again.
+        # (_move_picture stays safe against other processes on its own.)
+        self._changing = threading.Lock()
 
     def subjects(self) -> list[dict[str, Any]]:
         """Each subject with pictures (``stream`` or ``stream/region``) and how many it has."""
@@ -293,21 +298,32 @@ class SnapshotStore:
         except OSError as exc:
             raise LabelPageError(f"cannot make the training folder {target} ({exc})") from exc
         outcome = Outcome([], [])
+        with self._changing:
+            self._move_all(paths, target, outcome)
+        if outcome.done:
+            log.info("label page: %d picture(s) moved to %s", len(outcome.done), target)
+        return outcome
+
+    @staticmethod
+    def _move_all(paths: list[tuple[str, Path]], target: Path, outcome: Outcome) -> None:
         for file, path in paths:
             moved = _move_picture(path, target)
             if moved is None:
                 outcome.gone.append(file)
                 continue
             _drop_sidecar(path)
-            outcome.done.append({"file": file, "to": f"{label}/{moved.name}"})
-        if outcome.done:
-            log.info("label page: %d picture(s) moved to %s", len(outcome.done), target)
-        return outcome
+            outcome.done.append({"file": file, "to": f"{target.name}/{moved.name}"})
 
     def delete(self, files: list[str]) -> Outcome:
         """Delete snapshot pictures and their sidecars (pictures not worth training on)."""
         paths = [(file, self._snapshot(file)) for file in self._checked(files)]
         outcome = Outcome([], [])
+        with self._changing:
+            self._delete_all(paths, outcome)
+        return outcome
+
+    @staticmethod
+    def _delete_all(paths: list[tuple[str, Path]], outcome: Outcome) -> None:
         for file, path in paths:
             try:
                 path.unlink()
@@ -318,7 +334,6 @@ class SnapshotStore:
                 raise LabelPageError(f"cannot delete {file} ({exc})") from exc
             _drop_sidecar(path)
             outcome.done.append({"file": file})
-        return outcome
 
     @staticmethod
     def _checked(files: list[str]) -> list[str]:
