@@ -37,6 +37,8 @@ SUMMARY = re.compile(
 )
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ")
 LINE = re.compile(r"stream door: (?P<n>\d+)/(?P<total>\d+) frames classified \((?P<percent>\d+)%\)")
+ETA = re.compile(r"\d+\.\d frames/s, ETA (\d+:)?\d+:\d\d;")
+STALLED = "0.0 frames/s, ETA ?;"
 
 
 def config(
@@ -188,12 +190,12 @@ def test_progress_lines_continue_until_the_last_frame_is_classified(slow_model, 
     after = [int(m["n"]) for i, m in progress if i > ended]
     assert len([n for n in after if n < 100]) >= 2, stderr
     assert after == sorted(after)
-    # with a rate and an ETA
-    assert all(
-        re.search(r"\d+\.\d frames/s, ETA \d+:\d\d;", stderr[i])
-        for i, m in progress
-        if i > ended and m["percent"] != "100"
-    )
+    # with a rate and an ETA (or, after a stall of the whole rate window on a busy
+    # machine, a rate of 0.0 and an unknown ETA: never a made-up one)
+    unfinished = [stderr[i] for i, m in progress if i > ended and m["percent"] != "100"]
+    with_eta = [line for line in unfinished if ETA.search(line)]
+    assert len(with_eta) >= 2, unfinished
+    assert all(ETA.search(line) or STALLED in line for line in unfinished), unfinished
     # until the last, the only one at 100 %, which has the summary's and the events' count
     assert [m["percent"] for _, m in progress].count("100") == 1
     assert progress[-1][1]["percent"] == "100" and progress[-1][1]["n"] == "100"
