@@ -181,9 +181,10 @@ def run_cli_process(
             ) from None
         out.seek(0)
         err.seek(0)
+        assert process.returncode is not None  # wait() returned: the run has ended
         return subprocess.CompletedProcess(
             ["labelcast", *args],
-            int(process.returncode or 0),
+            process.returncode,
             out.read().decode("utf-8", "replace"),
             err.read().decode("utf-8", "replace"),
         )

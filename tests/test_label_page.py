@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from browser import CHROMIUM, SHIFT, Browser, needs_chromium
-from helpers import basic
+from helpers import basic, require
 from media import photo
 from PIL import Image
 
@@ -149,8 +149,7 @@ def serve(
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     """One headless Chromium for the module's tests (each opens its own tab)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found")
+    require("chromium", Path(CHROMIUM).exists(), f"{CHROMIUM} not found (Debian's chromium)")
     started = Browser(tmp_path_factory.mktemp("chromium-profile"))
     yield started
     started.close()
